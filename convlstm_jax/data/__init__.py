@@ -1,0 +1,1 @@
+"""Frames, labels, clips and input pipelines. Knows nothing of models."""
