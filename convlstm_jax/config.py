@@ -48,6 +48,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.synthetic.seed = 0
     c.data.synthetic.num_fish = 6
     c.data.synthetic.split_frames = (44956, 3593, 5367)  # train / validation / test, as in 2021
+    # Sources and storage (data/sources.py, data/dataset.py; the data helper's fields).
+    c.data.fps = 30.0  # frame rate of a frames folder (videos and the synthetic tank carry their own)
+    c.data.horizon_seconds = 0.0  # > 0: the horizon in seconds, converted with the source's frame rate
+    c.data.split_fractions = (0.834, 0.067, 0.099)  # a video cut chronologically, in the 2021 proportions
+    c.data.label_file = ''  # '' = the ỹ rule; else per-frame 0/1 labels (.npy/.csv) beside each recording
+    c.data.memmap_bytes = 2**31  # a split with more frame bytes is memory-mapped from its cached .npy
+    c.data.write_tfds = True  # load_splits also writes the TFDS dataset (`prepare` always does)
 
     # Training (train.py).
     c.batch_size = 4  # global batch over all devices and processes
@@ -58,9 +65,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.adam_eps = 1e-7  # tf.keras semantics: added to sqrt(v) before bias correction
-    c.class_weights = (0.133, 0.866)  # weights of class 0 and 1, or 'auto' (2021 rule from train labels)
+    # Weights of class 0 and 1, or 'auto' (2021 rule from train labels). A FieldReference of type object, so
+    # that a pair and 'auto' are both accepted (a plain tuple field rejects a string override).
+    c.class_weights = ml_collections.FieldReference((0.133, 0.866), field_type=object)
     c.l1 = 0.0
     c.l2 = 0.0
+    # Parameters the L1L2 penalty applies to, as glob patterns over '/'-joined parameter paths. Keras's
+    # `kernel_regularizer` on ConvLSTM2D covers the input kernels only (recurrent_regularizer is separate).
+    c.regularized_kernels = ('convlstm_*/kernel',)
+    c.checkpoint_every_steps = 0  # 0: checkpoints at evaluations (and on a stop signal) only
     c.eval_every_steps = 0  # 0: evaluate at the end of each epoch only
     c.log_every_steps = 50
     c.keep_checkpoints = 2  # latest N, besides the best by validation loss and by validation AUC
@@ -73,12 +86,14 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     if not arg:
         return c
     if arg == 'quick':
-        # Quarter-resolution frames, a shorter recording, and a fixed step budget.
-        c.data.height, c.data.width = 48, 64
-        c.data.synthetic.split_frames = (12000, 3000, 3000)
+        # Frames at 0.3× the 2021 size and 20 time steps (80 frames of history: enough to see two fish stay
+        # together before a chase), a shorter recording, a fixed step budget and a 12.5× higher learning rate.
+        c.data.height, c.data.width = 36, 48
+        c.data.time_steps = 20
+        c.data.synthetic.split_frames = (12000, 2000, 2000)
         c.batch_size = 8
         c.num_epochs = 3
-        c.steps_per_epoch = 400
+        c.steps_per_epoch = 200
         c.learning_rate = 1e-3
         c.class_weights = 'auto'
         c.eval_every_steps = 0
@@ -87,6 +102,7 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
         c.data.time_steps = 4
         c.data.horizon = 6
         c.data.synthetic.split_frames = (120, 60, 60)
+        c.data.write_tfds = False  # importing TensorFlow alone takes seconds
         c.batch_size = 4
         c.eval_batch_size = 8
         c.num_epochs = 1

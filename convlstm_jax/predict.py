@@ -1,0 +1,458 @@
+"""Run a model directory (or a training workdir) over clips, a video or a folder of frames.
+
+    python -m convlstm_jax.predict --checkpoint DIR --clips X.npy --out Y.npy [--batch_size N]
+    python -m convlstm_jax.predict --checkpoint DIR --video FILE --out preds.csv [--plot preds.png]
+    python -m convlstm_jax.predict --checkpoint DIR --frames FOLDER --out preds.csv [--plot preds.png]
+
+X.npy holds clips (N, T, H, W, C) as uint8 (scaled by 1/255 in the model) or float in [0, 1], shaped as the
+model directory's input contract says (the 2021 models: 30 time steps of 120×160 with 4 frames as channels).
+It is memory-mapped and streamed in batches, so files larger than memory work. Y.npy gets probabilities (N,)
+float32.
+
+A video (anything PyAV reads) or a folder of numbered frames (00000.png, …) is one new recording: its frames
+are read as grayscale, resized by the contract's method and size and scaled by its pixel scale, and every
+frame t with a full history (t ≥ T·C − 1; no later frame is used) gets the burst probability of its clip.
+The video is streamed: only a sliding window of frames (one clip's history plus a batch, plus the chunk being
+decoded) is held in memory. preds.csv has the columns frame,probability, one row per frame; the probability
+is left empty for the first T·C − 1 frames, which have no full clip. The optional plot shows it over time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import io
+import math
+import os
+import pathlib
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
+
+from convlstm_jax import checkpoints
+from convlstm_jax.data import clips as clip_slicing
+from convlstm_jax.data import sources
+from convlstm_jax.models import build_model
+
+
+def load_predictor(checkpoint: str | pathlib.Path, select: str = 'best_auc') -> tuple[dict, Any, dict]:
+    """(spec, model, variables) of a model directory, a training workdir or a step directory."""
+    spec, variables = checkpoints.load_model(checkpoint, select=select)
+    model = build_model(spec['model'])
+    return spec, model, variables
+
+
+def expected_clip_shape(input_spec: dict[str, Any]) -> tuple[int, int, int, int]:
+    """(T, H, W, C) of one clip under a model directory's input contract."""
+    return (
+        int(input_spec['time_steps']),
+        int(input_spec['height']),
+        int(input_spec['width']),
+        int(input_spec['frames_per_step']),
+    )
+
+
+def check_clips(shape: tuple[int, ...], dtype: np.dtype, input_spec: dict[str, Any]) -> None:
+    """ValueError unless clips of this shape and dtype fit the input contract."""
+    steps, height, width, channels = expected_clip_shape(input_spec)
+    wanted = f'(N, {steps}, {height}, {width}, {channels})'
+    if len(shape) != 5:
+        raise ValueError(
+            f'clips must have rank 5, {wanted} (N, time, height, width, channels); got shape {shape}'
+        )
+    if shape[4] != channels:
+        raise ValueError(
+            f'clips must have {channels} channels (frames per time step), {wanted}; got shape {shape}'
+        )
+    if shape[2:4] != (height, width):
+        raise ValueError(
+            f'clips must be {height}×{width} (height×width), {wanted}; got shape {shape}. '
+            f'Resize frames with {input_spec.get("resize", "nearest")!r} first'
+        )
+    if shape[1] != steps:
+        raise ValueError(f'clips must have {steps} time steps, {wanted}; got shape {shape}')
+    if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating)):
+        raise ValueError(f'clips must be uint8 (scaled by 1/255) or float in [0, 1]; got {dtype}')
+
+
+def batches(clips: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    """Consecutive batches of a (maybe memory-mapped) array, read one at a time."""
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+    for start in range(0, len(clips), batch_size):
+        yield np.asarray(clips[start : start + batch_size])
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apply(model: Any, variables: dict[str, Any], clips: jax.Array) -> jax.Array:
+    # The model is a static argument: equal models (same config) share one compiled program per shape.
+    return model.apply(variables, clips, train=False)
+
+
+def make_apply(model: Any, variables: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
+    """A compiled clips -> logits function with the variables already on the device."""
+    variables = jax.device_put(variables)
+    return lambda clips: np.asarray(_apply(model, variables, clips))
+
+
+def predict_logits(
+    model: Any,
+    variables: dict[str, Any],
+    clips_iter: Iterable[np.ndarray],
+    *,
+    total: int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Logits (N,) float32 over batches of clips (b, T, H, W, C).
+
+    A batch smaller than the first is zero-padded to its size, so that one compiled program serves them all
+    (inference BatchNorm is per sample, so padding changes nothing else).
+    """
+
+    def padded() -> Iterator[tuple[np.ndarray, int]]:
+        batch_size = None
+        for batch in clips_iter:
+            _check_range(batch)
+            batch_size = batch_size or len(batch)
+            count = len(batch)
+            if count < batch_size:
+                padding = np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)
+                batch = np.concatenate([batch, padding])
+            yield batch, count
+
+    return _run_batches(make_apply(model, variables), padded(), total=total, progress=progress)
+
+
+def _run_batches(
+    apply: Callable[[np.ndarray], np.ndarray],
+    batches_iter: Iterable[tuple[np.ndarray, int]],
+    *,
+    total: int | None,
+    progress: bool,
+) -> np.ndarray:
+    """The first `count` logits of apply(inputs) for each (inputs, count), concatenated; a progress bar."""
+    outputs = []
+    with tqdm(total=total, unit='clip', desc='predict', disable=not progress) as bar:
+        for inputs, count in batches_iter:
+            outputs.append(apply(inputs)[:count])
+            bar.update(count)
+    if not outputs:
+        return np.zeros((0,), np.float32)
+    return np.concatenate(outputs).astype(np.float32)
+
+
+def predict_clips(
+    model: Any,
+    variables: dict[str, Any],
+    clips_iter: Iterable[np.ndarray],
+    *,
+    total: int | None = None,
+    progress: bool = True,
+) -> np.ndarray:
+    """Probabilities (N,) float32: the sigmoid of `predict_logits`."""
+    logits = predict_logits(model, variables, clips_iter, total=total, progress=progress)
+    return sigmoid(logits)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """The logistic function in float64 (no overflow warnings), returned as float32."""
+    x = np.asarray(logits, np.float64)
+    return (0.5 * (1.0 + np.tanh(0.5 * x))).astype(np.float32)
+
+
+def _check_range(batch: np.ndarray) -> None:
+    """Float clips must already be scaled: 0…255 floats would silently saturate the model."""
+    if batch.dtype != np.uint8 and batch.size:
+        low, high = float(batch.min()), float(batch.max())
+        if low < 0.0 or high > 1.0:
+            raise ValueError(
+                f'float clips must lie in [0, 1]; found values in [{low}, {high}]. '
+                'Pass uint8 frames or divide by 255'
+            )
+
+
+def save_atomic(path: str | pathlib.Path, array: np.ndarray) -> None:
+    """np.save to a temporary file beside `path`, then rename it into place."""
+    write_atomic(path, lambda f: np.save(f, array))
+
+
+def write_atomic(path: str | pathlib.Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Calls write(file) on a temporary file beside `path`, then renames it into place."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def predict_clips_file(
+    checkpoint: str | pathlib.Path,
+    clips_path: str | pathlib.Path,
+    *,
+    select: str = 'best_auc',
+    batch_size: int = 8,
+    progress: bool = True,
+) -> np.ndarray:
+    """Probabilities for the clips stored in a .npy file, streamed from disk."""
+    spec, model, variables = load_predictor(checkpoint, select)
+    clips = np.load(clips_path, mmap_mode='r')
+    check_clips(clips.shape, clips.dtype, spec['input'])
+    return predict_clips(model, variables, batches(clips, batch_size), total=len(clips), progress=progress)
+
+
+# --- A new recording: a video file or a folder of frames ------------------------------------------------
+
+
+def open_recording(*, video: str | None = None, frames: str | None = None) -> sources.Recording:
+    """The recording to predict on: a video file (anything PyAV reads) or a folder of numbered frames."""
+    if (video is None) == (frames is None):
+        raise ValueError('expected exactly one of a video file or a frames folder')
+    if video is not None:
+        return sources.video_file_recording(video)
+    return sources.frame_folder_recording(frames)
+
+
+def frame_windows(
+    frame_chunks: Iterable[np.ndarray], *, clip_length: int, batch_size: int
+) -> Iterator[tuple[np.ndarray, int]]:
+    """(window, count) for each batch of target frames with a full history, in frame order.
+
+    `frame_chunks` are consecutive uint8 (k, H, W) pieces of one recording. A window holds the
+    clip_length − 1 + batch_size frames from the first target's history on: the histories of `count`
+    consecutive targets (the last window is zero-padded, so that all have one shape). Only the frames a coming
+    clip still needs are kept: less than one clip's history plus a batch, plus the chunk just read.
+    """
+    if batch_size < 1:
+        raise ValueError(f'batch_size must be at least 1, got {batch_size}')
+    size = clip_length - 1 + batch_size
+    buffer: np.ndarray | None = None
+    first = 0  # frame index of buffer[0]
+    target = clip_length - 1  # the next frame to predict: the first with a full history
+    for chunk in frame_chunks:
+        buffer = chunk if buffer is None else np.concatenate([buffer, chunk])
+        while target + batch_size <= first + len(buffer):
+            start = target - clip_length + 1 - first
+            yield buffer[start : start + size], batch_size
+            target += batch_size
+        drop = max(0, target - clip_length + 1 - first)  # frames older than the next clip's history
+        buffer, first = buffer[drop:], first + drop
+    if buffer is not None and target < first + len(buffer):  # buffer starts at the next target's history
+        padding = np.zeros((size - len(buffer), *buffer.shape[1:]), buffer.dtype)
+        yield np.concatenate([buffer, padding]), first + len(buffer) - target
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
+def _apply_window(
+    model: Any,
+    variables: dict[str, Any],
+    window: jax.Array,
+    time_steps: int,
+    frames_per_step: int,
+    pixel_scale: float | None,
+) -> jax.Array:
+    """Logits of the clips of a window's targets, the clips assembled on the device.
+
+    Sending the frames once instead of each in T·C clips cuts the host copying and the transfer by about that
+    factor. uint8 clips (pixel_scale None) are scaled by 1/255 inside the model.
+    """
+    clip_length = time_steps * frames_per_step
+    targets = np.arange(clip_length - 1, window.shape[0])
+    index = clip_slicing.clip_frame_indices(targets, time_steps, frames_per_step)  # (b, T, C), static
+    clips = jnp.moveaxis(window[index], 2, -1)  # (b, T, C, H, W) -> (b, T, H, W, C)
+    if pixel_scale is not None:
+        clips = clips.astype(jnp.float32) * pixel_scale
+    return model.apply(variables, clips, train=False)
+
+
+def predict_recording(
+    model: Any,
+    variables: dict[str, Any],
+    recording: sources.Recording,
+    input_spec: dict[str, Any],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> np.ndarray:
+    """Probability of every frame of a recording, float32 (num_frames,): NaN before the first full clip.
+
+    Frames are preprocessed by the input contract: grayscale (as read), resized by its method to its size,
+    scaled by its pixel scale.
+    """
+    steps, height, width, per_step = expected_clip_shape(input_spec)
+    length = clip_slicing.clip_length(steps, per_step)
+    if recording.num_frames < length:
+        raise ValueError(
+            f'{recording.name} has {recording.num_frames} frames, shorter than one clip: the model needs '
+            f'{length} frames of history ({steps} time steps × {per_step} frames per step)'
+        )
+    method = _resize_method(input_spec)
+    pixel_scale = _pixel_scale(input_spec)
+    # uint8 frames at 1/255 go as they are: the model scales them on the device.
+    scale = None if math.isclose(pixel_scale, 1 / 255, rel_tol=1e-6) else pixel_scale
+    device_variables = jax.device_put(variables)
+
+    def apply(window: np.ndarray) -> np.ndarray:
+        return np.asarray(_apply_window(model, device_variables, window, steps, per_step, scale))
+
+    frames = (sources.resize(chunk, height, width, method) for chunk in recording.read())
+    windows = frame_windows(frames, clip_length=length, batch_size=batch_size)
+    logits = _run_batches(apply, windows, total=recording.num_frames - length + 1, progress=progress)
+    return np.concatenate([np.full(length - 1, np.nan, np.float32), sigmoid(logits)])
+
+
+def _resize_method(input_spec: dict[str, Any]) -> str:
+    method = input_spec.get('resize', 'nearest')
+    if method not in sources.RESIZE_METHODS:
+        raise ValueError(
+            f'model.json input.resize must be one of {", ".join(sources.RESIZE_METHODS)}, got {method!r}'
+        )
+    return method
+
+
+def _pixel_scale(input_spec: dict[str, Any]) -> float:
+    scale = input_spec.get('pixel_scale', checkpoints.PIXEL_SCALE)
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f'model.json input.pixel_scale must be a positive number, got {scale!r}')
+    return float(scale)
+
+
+def predict_recording_file(
+    checkpoint: str | pathlib.Path,
+    *,
+    video: str | None = None,
+    frames: str | None = None,
+    select: str = 'best_auc',
+    batch_size: int = 8,
+    progress: bool = True,
+) -> tuple[np.ndarray, sources.Recording, dict[str, Any]]:
+    """(probability per frame as in `predict_recording`, the recording, the model's spec)."""
+    recording = open_recording(video=video, frames=frames)
+    spec, model, variables = load_predictor(checkpoint, select)
+    probabilities = predict_recording(
+        model, variables, recording, spec['input'], batch_size=batch_size, progress=progress
+    )
+    return probabilities, recording, spec
+
+
+def write_predictions_csv(path: str | pathlib.Path, probabilities: np.ndarray) -> None:
+    """frame,probability per frame, atomically; the probability is empty where it is NaN (no full clip)."""
+
+    def write(binary: IO[bytes]) -> None:
+        text = io.TextIOWrapper(binary, encoding='utf-8', newline='')
+        writer = csv.writer(text)
+        writer.writerow(['frame', 'probability'])
+        # '.9g' round-trips a float32 exactly.
+        writer.writerows(
+            (frame, '' if math.isnan(p) else f'{p:.9g}') for frame, p in enumerate(probabilities.tolist())
+        )
+        text.flush()
+        text.detach()  # the caller closes the binary file
+
+    write_atomic(path, write)
+
+
+def plot_predictions(
+    path: str | pathlib.Path, probabilities: np.ndarray, *, fps: float | None = None, title: str = ''
+) -> None:
+    """PNG of the probability over time (frames; seconds on top when fps is known), the frames without a
+    full clip shaded. Uses the Agg canvas directly: no pyplot, no display needed."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 3.5), layout='constrained')
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    missing = int(np.isnan(probabilities).argmin())  # the leading frames without a full clip
+    if missing:
+        axes.axvspan(-0.5, missing - 0.5, color='0.88', label=f'no full history (frames 0–{missing - 1})')
+    axes.plot(
+        np.arange(len(probabilities)), probabilities, color='C0', linewidth=0.8, label='burst probability'
+    )
+    axes.set(xlim=(0, max(len(probabilities) - 1, 1)), ylim=(0, 1), xlabel='frame', ylabel='probability')
+    axes.set_title(title, fontsize=9)
+    if fps:
+        top = axes.secondary_xaxis('top', functions=(lambda f: f / fps, lambda s: s * fps))
+        top.set_xlabel('time (s)')
+    axes.legend(loc='upper right', fontsize=8)
+    write_atomic(path, lambda f: figure.savefig(f, format='png', dpi=120))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog='python -m convlstm_jax.predict',
+        description='Burst probabilities of a model over clips, a video or a folder of frames.',
+    )
+    parser.add_argument(
+        '--checkpoint', required=True, help='model directory, training workdir or step directory'
+    )
+    parser.add_argument(
+        '--select', default='best_auc', choices=checkpoints.SELECTIONS, help='step of a workdir'
+    )
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument('--clips', help='.npy of clips (N, T, H, W, C), uint8 or float in [0, 1]')
+    inputs.add_argument('--video', help='a video file of one new recording (anything PyAV reads)')
+    inputs.add_argument('--frames', help='a folder of numbered frames (00000.png, …) of one new recording')
+    parser.add_argument(
+        '--out',
+        required=True,
+        help='with --clips: .npy of probabilities (N,) float32; with --video/--frames: CSV frame,probability',
+    )
+    parser.add_argument('--plot', help='with --video/--frames: PNG of the probability over time')
+    parser.add_argument('--batch_size', type=int, default=8)
+    args = parser.parse_args(argv)
+    if args.plot and args.clips:
+        parser.error('--plot needs --video or --frames')
+    try:
+        if args.clips:
+            _predict_clips_cli(args)
+        else:
+            _predict_recording_cli(args)
+    except (ValueError, OSError) as e:  # OSError: missing files, and the PyAV errors that derive from it
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+def _predict_clips_cli(args: argparse.Namespace) -> None:
+    probabilities = predict_clips_file(
+        args.checkpoint, args.clips, select=args.select, batch_size=args.batch_size
+    )
+    save_atomic(args.out, probabilities)
+    print(f'wrote {args.out}: {len(probabilities)} probabilities, mean {_mean(probabilities)}')
+
+
+def _predict_recording_cli(args: argparse.Namespace) -> None:
+    probabilities, recording, spec = predict_recording_file(
+        args.checkpoint, video=args.video, frames=args.frames, select=args.select, batch_size=args.batch_size
+    )
+    write_predictions_csv(args.out, probabilities)
+    predicted = probabilities[~np.isnan(probabilities)]
+    missing = len(probabilities) - len(predicted)
+    print(
+        f'wrote {args.out}: {len(probabilities)} frames, {len(predicted)} probabilities (the first {missing} '
+        f'frames have no full history: left empty), mean {_mean(predicted)}'
+    )
+    if args.plot:
+        title = f'{args.video or args.frames} — {args.checkpoint}'
+        plot_predictions(args.plot, probabilities, fps=recording.fps if args.video else None, title=title)
+        print(f'wrote {args.plot}')
+
+
+def _mean(values: np.ndarray) -> str:
+    return f'{float(values.mean()):.4f}' if len(values) else 'n/a'
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""The benchmark: FLOP count, row planning, the Keras model, and tiny end-to-end runs (no timing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import keras_models
+import pytest
+
+from convlstm_jax import benchmark
+
+TINY = ['--shape', '4,16,20,4', '--batch', '2', '--steps', '2', '--warmup', '1']
+ROW_FIELDS = {
+    'framework': str,
+    'model': str,
+    'mode': str,
+    'dtype': str,
+    'batch': int,
+    'shape': list,
+    'clips_per_s': float,
+    'step_s_median': float,
+    'step_s_iqr': float,
+    'compile_s': float,
+    'peak_mem_bytes': int,
+    'peak_mem_delta_bytes': int,
+    'gflop_per_clip': float,
+    'gflop_per_s': float,
+}
+
+
+def test_flops_match_the_design_numbers():
+    two_layer = benchmark.flops_per_clip(benchmark.load_config('two_layer').model, benchmark.DEFAULT_SHAPE)
+    one_layer = benchmark.flops_per_clip(benchmark.load_config('one_layer').model, benchmark.DEFAULT_SHAPE)
+    assert two_layer['forward'] / 1e9 == pytest.approx(27.45, abs=0.005)
+    assert two_layer['train'] / 1e9 == pytest.approx(79.77, abs=0.01)  # design.md: ≈ 80
+    assert one_layer['forward'] / 1e9 == pytest.approx(12.887, abs=0.001)
+
+
+def test_flops_reject_a_clip_too_small_for_the_model():
+    with pytest.raises(ValueError, match='too small'):
+        benchmark.flops_per_clip(benchmark.load_config('two_layer').model, (4, 5, 5, 4))
+
+
+def test_unknown_model_names_the_known_ones():
+    with pytest.raises(ValueError, match='one_layer'):
+        benchmark.load_config('three_layer')
+
+
+def test_plan_rows_vary_dtype_and_remat_for_this_project_only():
+    rows = benchmark.plan_rows(
+        models=['one_layer'],
+        frameworks=['convlstm_jax', 'tf_keras'],
+        modes=['train', 'infer'],
+        dtypes=['float32', 'bfloat16'],
+        remat=[False, True],
+        pipelines=['numpy'],
+    )
+    labels = [row.label() for row in rows]
+    assert labels.count('tf_keras one_layer train float32') == 1
+    assert labels.count('tf_keras one_layer infer float32') == 1
+    assert (
+        sum(row.framework == 'convlstm_jax' and row.mode == 'train' and row.input == 'memory' for row in rows)
+        == 4
+    )
+    assert not any(row.remat for row in rows if row.mode == 'infer' or row.framework != 'convlstm_jax')
+    assert [row.dtype for row in rows if row.input == 'pipeline-numpy'] == ['float32', 'bfloat16']
+
+
+def test_bad_flags_say_what_was_expected(capsys):
+    for flags in (['--modes', 'fit'], ['--frameworks', 'caffe'], ['--shape', '30,120,160']):
+        with pytest.raises(SystemExit):
+            benchmark.main(flags)
+        assert 'expected' in capsys.readouterr().err
+
+
+def test_module_imports_no_tensorflow():
+    code = 'import sys, convlstm_jax.benchmark; print(sorted(m for m in sys.modules if "tensorflow" in m))'
+    result = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, check=True, cwd=benchmark.REPO_ROOT
+    )
+    assert result.stdout.strip() == '[]'
+
+
+@pytest.mark.parametrize('model, parameters', [('one_layer', 11_537), ('two_layer', 66_849)])
+def test_keras_model_is_the_2021_definition(model, parameters):
+    keras = keras_models.tf_keras()
+    model_config = benchmark.load_config(model).model
+    built = benchmark.build_keras_model(keras, model_config, (30, 120, 160, 4))
+    twin = keras_models.keras_classifier(model_config.to_dict(), (30, 120, 160, 4), logits=False)
+    assert built.count_params() - _batchnorm_statistics(built) == parameters
+    assert [type(layer).__name__ for layer in built.layers] == [type(layer).__name__ for layer in twin.layers]
+    assert [w.shape for w in built.weights] == [w.shape for w in twin.weights]
+
+
+def _batchnorm_statistics(keras_model) -> int:
+    return sum(int(w.shape.num_elements()) for w in keras_model.non_trainable_weights)
+
+
+def test_end_to_end_rows_for_this_project_and_tf_keras(tmp_path, capsys):
+    path = tmp_path / 'bench.json'
+    args = ['--models', 'one_layer', '--frameworks', 'convlstm_jax,tf_keras', '--dtypes', 'bfloat16']
+    benchmark.main([*args, '--remat', 'on', '--pipeline', 'numpy', *TINY, '--json', str(path)])
+    rows = json.loads(path.read_text())
+    assert [(r['framework'], r['mode'], r['input']) for r in rows] == [
+        ('tf_keras', 'train', 'memory'),
+        ('convlstm_jax', 'train', 'memory'),
+        ('tf_keras', 'infer', 'memory'),
+        ('convlstm_jax', 'infer', 'memory'),
+        ('convlstm_jax', 'train', 'pipeline-numpy'),
+    ]
+    for row in rows:
+        assert 'error' not in row, row['error']
+        _check_fields(row)
+        assert row['shape'] == [4, 16, 20, 4] and row['batch'] == 2 and row['steps_measured'] == 2
+        assert row['speedup_vs_tf_keras'] > 0
+    assert rows[1]['dtype'] == 'bfloat16' and rows[1]['remat'] is True
+    table = capsys.readouterr().out
+    assert '| one_layer | train | tf_keras |' in table and 'GFLOP forward' in table
+
+
+def test_end_to_end_keras3_on_tensorflow_two_layer(tmp_path):
+    path = tmp_path / 'bench.json'
+    args = ['--models', 'two_layer', '--frameworks', 'keras3-tensorflow', '--modes', 'train']
+    benchmark.main([*args, *TINY, '--json', str(path)])
+    (row,) = json.loads(path.read_text())
+    assert 'error' not in row, row['error']
+    assert row['framework'] == 'keras3-tensorflow' and row['model'] == 'two_layer'
+    _check_fields(row)
+
+
+def test_a_failing_worker_becomes_a_row_with_its_error(tmp_path):
+    spec = benchmark.RowSpec(
+        'keras3-tensorflow', 'one_layer', 'train', dtype='bfloat16', shape=(4, 16, 20, 4)
+    )
+    row = benchmark.run_in_subprocess(spec, tmp_path, 0, timeout_s=600)
+    assert 'float32' in row['error']
+    assert 'failed' in benchmark.markdown_table([row])
+
+
+def _check_fields(row: dict) -> None:
+    for name, kind in ROW_FIELDS.items():
+        assert isinstance(row[name], kind), (name, row.get(name))
+    assert row['framework'] in benchmark.FRAMEWORKS and row['mode'] in benchmark.MODES
+    assert row['clips_per_s'] > 0 and row['peak_mem_bytes'] > 0

@@ -1,0 +1,210 @@
+"""`python -m convlstm_jax.main`: one end-to-end `:smoke` run, exact resume after SIGTERM, and bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from convlstm_jax import checkpoints
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory) -> pathlib.Path:
+    """One dataset cache for the module: the smoke tank is built once."""
+    return tmp_path_factory.mktemp('data')
+
+
+def _main(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, '-m', 'convlstm_jax.main', *args],
+        cwd=REPO_ROOT,
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_smoke_run_end_to_end(tmp_path, data_dir):
+    workdir = tmp_path / 'run'
+    result = _main(
+        '--config',
+        'configs/one_layer.py:smoke',
+        '--workdir',
+        str(workdir),
+        f'--config.data.data_dir={data_dir}',
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'best validation AUC' in result.stdout and 'ỹ baselines' in result.stdout
+    config = json.loads((workdir / 'config.json').read_text())
+    assert config['steps_per_epoch'] == 3 and config['data']['height'] == 16
+    records = [json.loads(line) for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['step'] for r in records if r['split'] == 'train'] == [1, 2, 3]
+    validation = [r for r in records if r['split'] == 'validation']
+    assert [r['step'] for r in validation] == [3]
+    for key in ('loss', 'auc', 'auc_keras200', 'accuracy', 'youden_threshold', 'baseline_auc/-y_tilde[t-1]'):
+        assert key in validation[0], key
+    assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+    spec, variables = checkpoints.load_model(workdir, select='best_auc')
+    assert spec['model']['filters'] == [16] and 'convlstm_0' in variables['params']
+    summary = json.loads((workdir / 'summary.json').read_text())
+    assert summary['steps'] == 3 and summary['stopped_by'] is None
+
+    # The same workdir with the other architecture: refused, naming both.
+    result = _main(
+        '--config',
+        'configs/two_layer.py:smoke',
+        '--workdir',
+        str(workdir),
+        f'--config.data.data_dir={data_dir}',
+    )
+    assert result.returncode == 1
+    assert 'holds a checkpoint of another architecture: filters=[16]' in result.stderr
+    assert 'config asks for filters=[16, 32]' in result.stderr
+
+    # A loss that overflows stops the run with a clear error; the last good checkpoint stays.
+    result = _main(
+        '--config',
+        'configs/one_layer.py:smoke',
+        '--workdir',
+        str(workdir),
+        f'--config.data.data_dir={data_dir}',
+        '--config.num_epochs=2',
+        '--config.l2=1e38',
+    )
+    assert result.returncode == 1
+    assert (
+        'the training loss is inf at step 4: training diverged; the last good checkpoint is step 3'
+        in result.stderr
+    )
+    assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == [3]
+
+    # init_from: a new workdir starting from the trained one.
+    result = _main(
+        '--config',
+        'configs/one_layer.py:smoke',
+        '--workdir',
+        str(tmp_path / 'fine_tune'),
+        f'--config.data.data_dir={data_dir}',
+        f'--config.init_from={workdir}',
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'initialized from {workdir}' in result.stdout
+
+
+_RESUME = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    sys.path.insert(0, {repo!r})
+    import numpy as np
+    from configs import one_layer
+    from convlstm_jax import checkpoints, train
+    from convlstm_jax.data import pipeline
+
+    config = one_layer.get_config('smoke')
+    config.data.data_dir = {data_dir!r}
+    config.data.pipeline = 'numpy'
+    config.num_epochs, config.steps_per_epoch = 2, 4
+    tmp = {tmp!r}
+    train.train_and_evaluate(config, tmp + '/straight')
+
+    original = pipeline.train_batches
+
+    def terminated_mid_epoch(*args, **kwargs):
+        for i, batch in enumerate(original(*args, **kwargs)):
+            if kwargs['epoch'] == 1 and i == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    pipeline.train_batches = terminated_mid_epoch
+    stopped = train.train_and_evaluate(config, tmp + '/resumed')
+    pipeline.train_batches = original
+    finished = train.train_and_evaluate(config, tmp + '/resumed')
+    print(json.dumps({{'stopped': [stopped['stopped_by'], stopped['steps']], 'finished': finished['steps']}}))
+    """
+)
+
+
+def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_parameters(tmp_path, data_dir):
+    script = _RESUME.format(repo=str(REPO_ROOT), data_dir=str(data_dir), tmp=str(tmp_path))
+    result = subprocess.run(
+        [sys.executable, '-c', script],
+        env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    stop_signal, stop_step = found['stopped']
+    assert stop_signal == 'SIGTERM' and 4 < stop_step < 8, found  # stopped inside the second epoch
+    assert found['finished'] == 8
+    _, straight = checkpoints.load_model(tmp_path / 'straight', select='latest')
+    _, resumed = checkpoints.load_model(tmp_path / 'resumed', select='latest')
+    for a, b in zip(
+        __import__('jax').tree.leaves(straight), __import__('jax').tree.leaves(resumed), strict=True
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    result = _main('--config', 'configs/no_such.py', '--workdir', str(tmp_path))
+    assert result.returncode == 1
+    assert (
+        'cannot load the config file configs/no_such.py: [Errno 2] No such file or directory' in result.stderr
+    )
+
+
+def test_unknown_config_field_is_a_clear_error(tmp_path):
+    result = _main(
+        '--config', 'configs/one_layer.py:smoke', '--config.bach_size=8', '--workdir', str(tmp_path)
+    )
+    assert result.returncode == 1
+    assert 'no such config field in --config.bach_size=8' in result.stderr
+    assert 'Did you mean "batch_size"' in result.stderr
+
+
+def test_batch_size_not_divisible_by_the_devices(tmp_path):
+    result = _main(
+        '--config',
+        'configs/one_layer.py:smoke',
+        '--config.batch_size=3',
+        '--workdir',
+        str(tmp_path),
+        env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+    )
+    assert result.returncode == 1
+    assert (
+        'batch_size=3 is not divisible by the 2 devices; the nearest valid sizes are 2 and 4' in result.stderr
+    )
+
+
+def test_tensorboard_event_file_reads_back_in_tensorflow(tmp_path):
+    from convlstm_jax.metric_writer import MetricWriter
+    from convlstm_jax.tf_cpu import import_tensorflow
+
+    writer = MetricWriter(tmp_path)
+    writer.write({'step': 7, 'split': 'validation', 'loss': 0.25, 'auc': float('nan'), 'note': 'text'})
+    writer.close()
+    assert json.loads((tmp_path / 'metrics.jsonl').read_text()) == {
+        'step': 7,
+        'split': 'validation',
+        'loss': 0.25,
+        'auc': None,
+        'note': 'text',
+    }
+    tf = import_tensorflow()
+    (path,) = (tmp_path / 'tensorboard').glob('events.out.tfevents.*')
+    events = list(tf.compat.v1.train.summary_iterator(str(path)))  # checks the record CRCs
+    assert events[0].file_version == 'brain.Event:2'
+    values = {v.tag: v.simple_value for v in events[1].summary.value}
+    assert events[1].step == 7 and values['validation/loss'] == 0.25 and 'validation/note' not in values
