@@ -26,7 +26,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.recurrent_dropout = 0.0
     c.model.batchnorm_last = True  # BatchNorm after the last ConvLSTM (the 1-layer model has it).
     c.model.compute_dtype = 'float32'  # 'bfloat16': bf16 convolutions, fp32 params, BatchNorm and loss.
-    c.model.remat = False  # Recompute the gates in the backward pass instead of storing them.
+    c.model.remat = True  # Recompute the gates in the backward pass: less memory, and faster on XLA:CPU.
     c.model.unroll = 1  # Time steps per scan iteration.
 
     # Data (convlstm_jax/data). With source 'synthetic' a deterministic tank is generated locally.

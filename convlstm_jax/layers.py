@@ -145,6 +145,11 @@ def patches(
     x: Array, kernel: tuple[int, int], strides=(1, 1), padding: str = 'same', dilation=(1, 1)
 ) -> Array:
     """im2col of (N, H, W, C) → (N, Ho, Wo, kh·kw·C), ordered (dy, dx, c) like a (kh, kw, C, out) kernel."""
+    if x.dtype == jnp.bfloat16:
+        # XLA:CPU upcasts a bf16 concatenation to fp32 (9 converted copies, then a conversion back); moving
+        # the same bits as uint16 keeps the patches at half the bytes.
+        bits = patches(jax.lax.bitcast_convert_type(x, jnp.uint16), kernel, strides, padding, dilation)
+        return jax.lax.bitcast_convert_type(bits, jnp.bfloat16)
     x = _pad_spatial(x, kernel, strides, padding, dilation)
     height, width = x.shape[1:3]
     out_h = (height - (kernel[0] - 1) * dilation[0] - 1) // strides[0] + 1
@@ -228,6 +233,26 @@ class _Recurrence:
             preferred_element_type=jnp.float32,
         )
 
+    def cell_vjp(self, z: Array, c_prev: Array, dh: Array, dc: Array) -> tuple[Array, Array]:
+        """(dz, dc_prev) of `cell`, with the gates on their own axis: no per-gate split and concatenation,
+        which XLA:CPU fuses poorly."""
+        gates = z.reshape(*z.shape[:-1], 4, c_prev.shape[-1])
+        gate = jax.lax.broadcasted_iota(jnp.int32, gates.shape, gates.ndim - 2)
+        ones = jnp.ones_like(gates)
+        act, rec_act = get_activation(self.activation), get_activation(self.recurrent_activation)
+        act_value, act_slope = jax.jvp(act, (gates,), (ones,))
+        rec_value, rec_slope = jax.jvp(rec_act, (gates,), (ones,))
+        value = jnp.where(gate == 2, act_value, rec_value)
+        slope = jnp.where(gate == 2, act_slope, rec_slope)
+        i, f, g, o = (value[..., k, :] for k in range(4))
+        c = f * c_prev + i * g
+        act_c, act_c_slope = jax.jvp(act, (c,), (jnp.ones_like(c),))
+        dc = dc + dh * o * act_c_slope
+        # ∂c/∂i = g, ∂c/∂f = c_prev, ∂c/∂g = i; ∂h/∂o = act(c).
+        partner = jnp.stack([g, c_prev, i, act_c], axis=-2)
+        upstream = jnp.where(gate == 3, dh[..., None, :], dc[..., None, :])
+        return (upstream * partner * slope).reshape(z.shape), dc * f
+
     def cell(self, z: Array, c_prev: Array) -> tuple[Array, Array]:
         """The LSTM update from the gate pre-activations z (…, 4F) and the previous carry."""
         act, rec_act = get_activation(self.activation), get_activation(self.recurrent_activation)
@@ -272,8 +297,7 @@ def _recurrence_bwd(spec: _Recurrence, residuals, cotangents):
     def step(carry, inputs):
         dh_next, dc_next = carry
         z, h_prev_t, c_prev_t, dh_out_t = inputs
-        _, cell_vjp = jax.vjp(spec.cell, z, c_prev_t)
-        dz, dc_prev = cell_vjp((dh_out_t + dh_next, dc_next))
+        dz, dc_prev = spec.cell_vjp(z, c_prev_t, dh_out_t + dh_next, dc_next)
         return (spec.recurrent_conv_transpose(dz, recurrent_kernel), dc_prev), dz
 
     init = (jnp.zeros_like(h_prev[0]), d_c_last)
@@ -290,11 +314,23 @@ def _recurrent_kernel_grad(spec: _Recurrence, h_prev: Array, dzs: Array, recurre
     """
     frames = h_prev.reshape(-1, *h_prev.shape[2:]).astype(spec.dtype)
     cols = patches(frames, recurrent_kernel.shape[:2])
-    cols = cols.reshape(-1, cols.shape[-1])
-    grad = jnp.dot(
-        cols.T, dzs.reshape(-1, dzs.shape[-1]).astype(spec.dtype), preferred_element_type=jnp.float32
+    return _gram(cols, dzs.astype(spec.dtype)).reshape(recurrent_kernel.shape)
+
+
+def _gram(a: Array, b: Array) -> Array:
+    """aᵀ·b over all leading axes: (…, K) and (…, N) → (K, N) float32, the weight gradient of a matmul.
+
+    XLA:CPU runs a bf16 matrix product fast (YNNPACK) only in the canonical (M, K)·(K, N) form; it upcasts
+    this transposed one to fp32 and runs it 3× slower than fp32. Contracting a split row axis makes XLA
+    transpose `a` physically instead, into the fast form. fp32 keeps the plain product.
+    """
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+    if a.dtype != jnp.bfloat16 or a.shape[0] % 2:
+        return jnp.dot(a.T, b, preferred_element_type=jnp.float32)
+    halves = (2, a.shape[0] // 2)
+    return jnp.einsum(
+        'smk,smn->kn', a.reshape(*halves, -1), b.reshape(*halves, -1), preferred_element_type=jnp.float32
     )
-    return grad.reshape(recurrent_kernel.shape)
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -358,11 +394,7 @@ def _remat_fwd(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0):
 
 
 def _patch_grad(x: Array, dz: Array, kernel_shape, **conv_kw) -> Array:
-    cols = patches(x, kernel_shape[:2], **conv_kw)
-    grad = jnp.dot(
-        cols.reshape(-1, cols.shape[-1]).T, dz.reshape(-1, dz.shape[-1]), preferred_element_type=jnp.float32
-    )
-    return grad.reshape(kernel_shape)
+    return _gram(patches(x, kernel_shape[:2], **conv_kw), dz).reshape(kernel_shape)
 
 
 def _remat_bwd(spec, conv, residuals, cotangents):
@@ -375,8 +407,7 @@ def _remat_bwd(spec, conv, residuals, cotangents):
         x_t, h_prev_t, c_prev_t, dh_out_t = inputs
         xz_t, input_vjp = jax.vjp(lambda v: conv(v, kernel), x_t)
         z = xz_t + bias + spec.recurrent_conv(h_prev_t, recurrent_kernel)
-        _, cell_vjp = jax.vjp(spec.cell, z, c_prev_t)
-        dz, dc_prev = cell_vjp((dh_out_t + dh_next, dc_next))
+        dz, dc_prev = spec.cell_vjp(z, c_prev_t, dh_out_t + dh_next, dc_next)
         dh_prev = spec.recurrent_conv_transpose(dz, recurrent_kernel)
         d_kernel = d_kernel + _patch_grad(
             x_t.astype(conv.dtype), dz.astype(conv.dtype), kernel.shape, **conv_kw

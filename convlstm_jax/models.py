@@ -138,18 +138,13 @@ class Classifier(nn.Module):
     remat: bool = False
     unroll: int = 1
     axis_name: str | None = None
-    implementation: str = 'fast'
-    in_channels: int | None = (
-        None  # when set, clips with another channel count are refused with a clear error
-    )
+    implementation: str = 'fast'  # ConvLSTM2D's: 'fast' (custom VJP) or 'scan' (the nn.scan reference)
 
     @nn.compact
     def __call__(self, clips: Array, train: bool = False) -> Array:
         if not self.filters:
             raise ValueError('model.filters must name at least one ConvLSTM layer')
         x = _as_float_clips(clips)
-        if self.in_channels is not None and x.shape[-1] != self.in_channels:
-            raise ValueError(f'clips must have {self.in_channels} channels, got shape {clips.shape}')
         dtype = compute_dtype(self.compute_dtype)
         norms = 0
         for index, filters in enumerate(self.filters):
@@ -204,7 +199,7 @@ def build_model(
     Fields missing from `model_config` keep the Classifier's defaults; unknown ones are an error.
     """
     fields = dict(model_config)
-    known = set(MODEL_FIELDS) | {'implementation', 'in_channels'}
+    known = set(MODEL_FIELDS) | {'implementation'}
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f'unknown model config fields {unknown}: expected some of {sorted(known)}')

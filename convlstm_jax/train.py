@@ -395,7 +395,9 @@ def check_finite(tree: PyTree, what: str) -> None:
         raise FloatingPointError(f'{what} holds NaN or Inf in {", ".join(bad[:5])}')
 
 
-def check_same_architecture(found: dict, expected: dict, where: str) -> None:
+def check_same_architecture(
+    found: dict, expected: dict, where: str, remedy: str = 'another --workdir'
+) -> None:
     """Parameters of `found` (a model.json) fit the model `expected` (from the config), or a clear error."""
     keys = checkpoints.ARCHITECTURE_FIELDS
 
@@ -409,7 +411,7 @@ def check_same_architecture(found: dict, expected: dict, where: str) -> None:
     if describe(found) != describe(expected):
         raise ValueError(
             f'{where} holds a checkpoint of another architecture: {_fmt(describe(found))}; the config asks '
-            f'for {_fmt(describe(expected))}. Use another --workdir, or a config that matches.'
+            f'for {_fmt(describe(expected))}. Use {remedy}, or a config that matches.'
         )
 
 
@@ -482,7 +484,7 @@ def _starting_state(config, workdir: pathlib.Path, manager, spec: dict):
         return state_from_items(variables, train_state), f'resumed from step {latest}'
     if config.init_from:
         found, variables = checkpoints.load_model(config.init_from)
-        check_same_architecture(found, spec, f'init_from {config.init_from}')
+        check_same_architecture(found, spec, f'init_from {config.init_from}', 'another init_from')
         template = init_variables(config, 0)
         variables = {'params': variables['params'], 'batch_stats': variables.get('batch_stats', {})}
         if jax.tree.structure(variables) != jax.tree.structure(template):

@@ -7,16 +7,12 @@ variables in; `classifier_batch_stats` reads the moving statistics back.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from convlstm_jax.tf_cpu import import_tensorflow
-
-# oneDNN reorders TF's float sums; parity at 1e-5 wants the plain kernels.
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 
 def tf_keras() -> Any:

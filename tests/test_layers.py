@@ -230,7 +230,7 @@ def test_layer_matches_keras3(tmp_path):
     kw = dict(filters=3, kernel_size=3, padding='same', return_sequences=True)
     params = _random_params(ConvLSTM2D(**kw), x)
     np.savez(tmp_path / 'in.npz', x=x, **{k: np.asarray(v) for k, v in params.items()})
-    env = {**os.environ, 'KERAS_BACKEND': 'tensorflow', 'TF_ENABLE_ONEDNN_OPTS': '0'}
+    env = {**os.environ, 'KERAS_BACKEND': 'tensorflow'}
     subprocess.run(
         [
             sys.executable,

@@ -101,6 +101,35 @@ def test_smoke_run_end_to_end(tmp_path, data_dir):
     assert f'initialized from {workdir}' in result.stdout
 
 
+def test_init_from_an_imported_2021_keras_checkpoint(tmp_path, data_dir, reference_dir):
+    """The 1-layer SavedModel, imported by keras_io, starts a :smoke run (parameter shapes do not depend on
+    the frame size or the number of time steps); the 2-layer config refuses it, naming both architectures."""
+    model_dir = tmp_path / 'upbeat'
+    source = reference_dir / 'checkpoint_tc-augm-best-validation-retarget-upbeat-snowflake-91'
+    imported = subprocess.run(
+        [sys.executable, '-m', 'convlstm_jax.keras_io', str(source), '--out', str(model_dir)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert imported.returncode == 0, imported.stderr[-3000:]
+    common = [
+        f'--config.data.data_dir={data_dir}',
+        '--config.data.pipeline=numpy',
+        f'--config.init_from={model_dir}',
+    ]
+    result = _main('--config', 'configs/one_layer.py:smoke', '--workdir', str(tmp_path / 'run'), *common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f'initialized from {model_dir}' in result.stdout
+    spec = json.loads((tmp_path / 'run' / 'model.json').read_text())
+    assert spec['source']['init_from'] == str(model_dir)
+    result = _main('--config', 'configs/two_layer.py:smoke', '--workdir', str(tmp_path / 'other'), *common)
+    assert result.returncode == 1
+    assert f'init_from {model_dir} holds a checkpoint of another architecture: filters=[16]' in result.stderr
+    assert 'Use another init_from, or a config that matches' in result.stderr
+
+
 _RESUME = textwrap.dedent(
     """
     import json, os, signal, sys
