@@ -192,9 +192,6 @@ def _restore_numpy(variables_path: pathlib.Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------
 # Training checkpoints (train.py): an asynchronous orbax CheckpointManager over WORKDIR/checkpoints.
 
-# model.json "model" fields that decide the parameter shapes: a workdir trained with others cannot resume.
-ARCHITECTURE_FIELDS = ('filters', 'kernel_size', 'padding', 'use_bias', 'batchnorm_last')
-
 
 class TrainingCheckpoints:
     """`WORKDIR/checkpoints/<step>/{variables,train_state}`: keeps the latest `keep` steps plus the best step

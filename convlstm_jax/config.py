@@ -82,7 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """`quick`: learns the synthetic tank on a 2-core CPU in about 10 minutes; `smoke`: a few steps for tests."""
+    """`quick`: learns the synthetic tank on a 2-core CPU in ~10 minutes. `smoke`: a few steps, for tests."""
     if not arg:
         return c
     if arg == 'quick':

@@ -36,22 +36,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from convlstm_jax import checkpoints
+from convlstm_jax import checkpoints, models
 
 # Keras activation names that mean the same function in both Keras versions.
 _SAME_ACTIVATIONS = ('tanh', 'sigmoid', 'relu', 'linear')
 _BATCHNORM_EPSILON = 1e-3  # what models.KerasBatchNorm uses
-_ARCHITECTURE_FIELDS = (
-    'filters',
-    'kernel_size',
-    'padding',
-    'activation',
-    'recurrent_activation',
-    'use_bias',
-    'dropout',
-    'recurrent_dropout',
-    'batchnorm_last',
-)
 _SUPPORTED = (
     'ConvLSTM2D -> (MaxPooling2D 2x2 per step -> BatchNormalization -> ConvLSTM2D)* -> [BatchNormalization] '
     '-> GlobalMaxPooling2D -> Dense(1, sigmoid)'
@@ -487,9 +476,7 @@ def _project_name(class_name: str, index: int, weight: str) -> str | None:
 
 def expected_shapes(model_fields: dict[str, Any], input_spec: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Flat name -> shape of the variables the model built from `model_fields` has (computed abstractly)."""
-    from convlstm_jax.models import build_model
-
-    model = build_model(ml_collections.ConfigDict(model_fields))
+    model = models.build_model(ml_collections.ConfigDict(model_fields))
     clips = jax.ShapeDtypeStruct(
         (
             1,
@@ -582,7 +569,7 @@ def _model_fields(kfile: KerasFile, config: ml_collections.ConfigDict | None) ->
         if config is not None:
             differences = [
                 f'{key}: file {inferred[key]!r}, config {fields.get(key)!r}'
-                for key in _ARCHITECTURE_FIELDS
+                for key in models.ARCHITECTURE_FIELDS
                 if _normalized(inferred[key]) != _normalized(fields.get(key))
             ]
             if differences:

@@ -175,7 +175,8 @@ class Classifier(nn.Module):
         return logits[:, 0].astype(jnp.float32)
 
 
-MODEL_FIELDS = (
+# config.model fields that define the function the model computes; a checkpoint means nothing without them.
+ARCHITECTURE_FIELDS = (
     'filters',
     'kernel_size',
     'padding',
@@ -185,10 +186,12 @@ MODEL_FIELDS = (
     'dropout',
     'recurrent_dropout',
     'batchnorm_last',
-    'compute_dtype',
-    'remat',
-    'unroll',
 )
+# The subset that decides which parameters exist and their shapes: what resume and `init_from` must match.
+PARAMETER_FIELDS = ('filters', 'kernel_size', 'padding', 'use_bias', 'batchnorm_last')
+# Fields that change how the model is computed, not what.
+COMPUTE_FIELDS = ('compute_dtype', 'remat', 'unroll')
+MODEL_FIELDS = ARCHITECTURE_FIELDS + COMPUTE_FIELDS
 
 
 def build_model(

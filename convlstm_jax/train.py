@@ -399,7 +399,7 @@ def check_same_architecture(
     found: dict, expected: dict, where: str, remedy: str = 'another --workdir'
 ) -> None:
     """Parameters of `found` (a model.json) fit the model `expected` (from the config), or a clear error."""
-    keys = checkpoints.ARCHITECTURE_FIELDS
+    keys = models.PARAMETER_FIELDS
 
     def describe(spec):
         fields = {key: spec['model'].get(key) for key in keys}

@@ -14,5 +14,7 @@ REFERENCE_DIR = REPO_ROOT.parent / 'shared' / 'reference' / 'fish2021'
 def reference_dir() -> pathlib.Path:
     """The 2021 artifacts beside the checkout; tests that need them skip where they are absent."""
     if not REFERENCE_DIR.is_dir():
-        pytest.skip(f'reference artifacts not found at {REFERENCE_DIR} (they live in ../shared beside the repo)')
+        pytest.skip(
+            f'reference artifacts not found at {REFERENCE_DIR} (they live in ../shared beside the repo)'
+        )
     return REFERENCE_DIR
