@@ -145,38 +145,6 @@ def patches(
     x: Array, kernel: tuple[int, int], strides=(1, 1), padding: str = 'same', dilation=(1, 1)
 ) -> Array:
     """im2col of (N, H, W, C) → (N, Ho, Wo, kh·kw·C), ordered (dy, dx, c) like a (kh, kw, C, out) kernel."""
-    geometry = (tuple(kernel), tuple(strides), padding, tuple(dilation))
-    return _patches_of_bits(x, x.shape, geometry)
-
-
-_UNSIGNED_OF_WIDTH = {2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint64}
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-def _patches_of_bits(x: Array, shape: tuple[int, ...], geometry: tuple) -> Array:
-    """`_slices_concatenated`, moving x's bits as unsigned integers: XLA:CPU concatenates floats ~15× slower
-    than integers of the same width (and a bf16 concatenation is first upcast to fp32)."""
-    del shape  # For the backward pass.
-    bits = jax.lax.bitcast_convert_type(x, _UNSIGNED_OF_WIDTH[x.dtype.itemsize])
-    return jax.lax.bitcast_convert_type(_slices_concatenated(bits, *geometry), x.dtype)
-
-
-def _patches_of_bits_fwd(x: Array, shape: tuple[int, ...], geometry: tuple):
-    return _patches_of_bits(x, shape, geometry), None
-
-
-def _patches_of_bits_bwd(shape: tuple[int, ...], geometry: tuple, residual: None, d_cols: Array):
-    # The transpose of slices and a concatenation: pads and sums, no concatenation.
-    _, transpose = jax.vjp(lambda x: _slices_concatenated(x, *geometry), jnp.zeros(shape, d_cols.dtype))
-    return transpose(d_cols)
-
-
-_patches_of_bits.defvjp(_patches_of_bits_fwd, _patches_of_bits_bwd)
-
-
-def _slices_concatenated(
-    x: Array, kernel: tuple[int, int], strides: tuple[int, int], padding: str, dilation: tuple[int, int]
-) -> Array:
     x = _pad_spatial(x, kernel, strides, padding, dilation)
     height, width = x.shape[1:3]
     out_h = (height - (kernel[0] - 1) * dilation[0] - 1) // strides[0] + 1
@@ -341,23 +309,11 @@ def _recurrent_kernel_grad(spec: _Recurrence, h_prev: Array, dzs: Array, recurre
     """
     frames = h_prev.reshape(-1, *h_prev.shape[2:]).astype(spec.dtype)
     cols = patches(frames, recurrent_kernel.shape[:2])
-    return _gram(cols, dzs.astype(spec.dtype)).reshape(recurrent_kernel.shape)
-
-
-def _gram(a: Array, b: Array) -> Array:
-    """aᵀ·b over all leading axes: (…, K) and (…, N) → (K, N) float32, the weight gradient of a matmul.
-
-    XLA:CPU runs a bf16 matrix product fast (YNNPACK) only in the canonical (M, K)·(K, N) form; it upcasts
-    this transposed one to fp32 and runs it 3× slower than fp32. Contracting a split row axis makes XLA
-    transpose `a` physically instead, into the fast form. fp32 keeps the plain product.
-    """
-    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
-    if a.dtype != jnp.bfloat16 or a.shape[0] % 2:
-        return jnp.dot(a.T, b, preferred_element_type=jnp.float32)
-    halves = (2, a.shape[0] // 2)
-    return jnp.einsum(
-        'smk,smn->kn', a.reshape(*halves, -1), b.reshape(*halves, -1), preferred_element_type=jnp.float32
+    cols = cols.reshape(-1, cols.shape[-1])
+    grad = jnp.dot(
+        cols.T, dzs.reshape(-1, dzs.shape[-1]).astype(spec.dtype), preferred_element_type=jnp.float32
     )
+    return grad.reshape(recurrent_kernel.shape)
 
 
 recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
@@ -421,7 +377,11 @@ def _remat_fwd(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0):
 
 
 def _patch_grad(x: Array, dz: Array, kernel_shape, **conv_kw) -> Array:
-    return _gram(patches(x, kernel_shape[:2], **conv_kw), dz).reshape(kernel_shape)
+    cols = patches(x, kernel_shape[:2], **conv_kw)
+    grad = jnp.dot(
+        cols.reshape(-1, cols.shape[-1]).T, dz.reshape(-1, dz.shape[-1]), preferred_element_type=jnp.float32
+    )
+    return grad.reshape(kernel_shape)
 
 
 def _remat_bwd(spec, conv, residuals, cotangents):
