@@ -361,8 +361,7 @@ def _jax_device_name() -> str:
 def jax_train_step(config: Any, seed: int, device: Any) -> tuple[Callable, Any]:
     """`convlstm_jax.train`'s pmapped training step on one device, and its initial state on that device.
 
-    One device, so that the batch and the work per step are those of the Keras rows. The state is placed with
-    the sharding the step gives its output: a host state would make the second step compile again.
+    One device, so that the batch and the work per step are those of the Keras rows.
     """
     import jax
 
@@ -370,10 +369,8 @@ def jax_train_step(config: Any, seed: int, device: Any) -> tuple[Callable, Any]:
 
     variables = train.init_variables(config, seed)
     state = train.create_train_state(config, variables, jax.random.PRNGKey(seed))
-    mesh = jax.sharding.Mesh(np.asarray([device]), (train.AXIS,))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(train.AXIS))
     p_train_step = train.make_train_step(config, config.class_weights, devices=[device])
-    return p_train_step, jax.device_put(train.replicate(state, 1), sharding)
+    return p_train_step, train.replicate(state, [device])
 
 
 def jax_infer_step(config: Any, seed: int, device: Any) -> tuple[Callable, Any]:

@@ -168,9 +168,16 @@ def state_from_items(variables: dict, train_state: dict) -> TrainState:
     )
 
 
-def replicate(tree: PyTree, num_devices: int) -> PyTree:
-    """One copy per local device along a new leading axis; pmap places copy i on device i."""
-    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (num_devices, *np.shape(x))), tree)
+def replicate(tree: PyTree, devices: Sequence[Any]) -> PyTree:
+    """One copy per device along a new leading axis, placed as the pmapped step places its outputs.
+
+    A host array would also work, but its other sharding would make the second step compile again.
+    """
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.asarray(devices), (AXIS,)), jax.sharding.PartitionSpec(AXIS)
+    )
+    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))), tree)
+    return jax.device_put(stacked, sharding)
 
 
 def unreplicate(tree: PyTree) -> PyTree:
@@ -544,7 +551,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
                 f'class weights {class_weights[0]:.4g}, {class_weights[1]:.4g}',
                 flush=True,
             )
-        state = replicate(host_state, jax.local_device_count())
+        state = replicate(host_state, jax.local_devices())
         p_train_step = make_train_step(config, class_weights)
         p_eval_step = make_eval_step(config)
 

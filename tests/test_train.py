@@ -52,7 +52,7 @@ def _run_jax(config, variables, batches, devices):
     class_weights = train.resolve_class_weights(config.class_weights, np.zeros(1))
     p_step = train.make_train_step(config, class_weights, devices=devices)
     state = train.create_train_state(config, variables, np.asarray(jax.random.PRNGKey(0)))
-    state = train.replicate(state, len(devices))
+    state = train.replicate(state, devices)
     losses = []
     for clips, labels in batches:
         shard = lambda x: x.reshape(len(devices), -1, *x.shape[1:])  # noqa: E731
