@@ -322,15 +322,8 @@ def infer_architecture(kfile: KerasFile) -> dict[str, Any]:
     for layer in layers:
         problems += _check_other(layer)
     shared = {}
-    for field in (
-        'kernel_size',
-        'padding',
-        'activation',
-        'recurrent_activation',
-        'use_bias',
-        'dropout',
-        'recurrent_dropout',
-    ):
+    per_layer = ('filters', 'batchnorm_last')  # set per layer, or not a ConvLSTM2D setting at all
+    for field in (f for f in models.ARCHITECTURE_FIELDS if f not in per_layer):
         values = [_conv_field(layer.config, field, kfile.keras_major) for layer in convs]
         if any(v != values[0] for v in values):
             problems.append(
