@@ -299,12 +299,9 @@ def make_eval_step(config, devices=None) -> Callable:
 # Evaluation
 
 
-def evaluate(p_eval_step: Callable, state: TrainState, split, config) -> dict[str, float]:
-    """Every sample of `split` once; metrics of the model and of the trivial ỹ baselines on those frames."""
-    logits, index = [], []
-    batches = pipeline.eval_batches(
-        split,
-        global_batch=config.eval_batch_size,
+def _pipeline_options(config) -> dict[str, Any]:
+    """What training and evaluation batches share: this process's slice of each batch, and the clip layout."""
+    return dict(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         local_device_count=jax.local_device_count(),
@@ -312,6 +309,12 @@ def evaluate(p_eval_step: Callable, state: TrainState, split, config) -> dict[st
         time_steps=config.data.time_steps,
         frames_per_step=config.data.frames_per_step,
     )
+
+
+def evaluate(p_eval_step: Callable, state: TrainState, split, config) -> dict[str, float]:
+    """Every sample of `split` once; metrics of the model and of the trivial ỹ baselines on those frames."""
+    logits, index = [], []
+    batches = pipeline.eval_batches(split, global_batch=config.eval_batch_size, **_pipeline_options(config))
     for batch in batches:
         out = jax.device_get(p_eval_step(state, batch))
         real = out['mask'][0].reshape(-1) > 0.5  # [0]: every local device holds the same gathered batch
@@ -607,13 +610,8 @@ class _Loop:
             epoch=epoch,
             start_step=first,
             num_steps=self.steps_per_epoch - first,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-            local_device_count=jax.local_device_count(),
             flips=config.data.flips,
-            backend=config.data.pipeline,
-            time_steps=config.data.time_steps,
-            frames_per_step=config.data.frames_per_step,
+            **_pipeline_options(config),
         )
         bar = tqdm.tqdm(
             total=self.steps_per_epoch,
