@@ -197,6 +197,25 @@ def conv2d(
     )
 
 
+def conv2d_transpose(dz: Array, kernel: Array, padding: str, dtype: Any = jnp.float32) -> Array:
+    """∂/∂x of a stride-1, undilated `conv2d`, as a forward convolution with the flipped kernel.
+
+    XLA:CPU runs a convolution's own input gradient 10-100× slower than this inside a scan.
+    """
+    flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
+    # The transpose pads k-1-before before and k-1-after after ('valid': k-1 both; 'same': swapped).
+    pads = [_same_padding(0, k, 1, 1) if padding == 'same' else (0, 0) for k in kernel.shape[:2]]
+    pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], pads, strict=True)]
+    return jax.lax.conv_general_dilated(
+        dz.astype(dtype),
+        flipped.astype(dtype),
+        window_strides=(1, 1),
+        padding=pads,
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        preferred_element_type=jnp.float32,
+    )
+
+
 # ----------------------------------------------------------------------------------------- the recurrence
 
 
@@ -216,17 +235,7 @@ class _Recurrence:
 
     def recurrent_conv_transpose(self, dz: Array, recurrent_kernel: Array) -> Array:
         """∂/∂h of the 'same' recurrent convolution, written as a forward convolution (fast inside a scan)."""
-        flipped = jnp.flip(recurrent_kernel, (0, 1)).swapaxes(2, 3)
-        # 'same' pads (k-1)//2 before and k//2 after; its transpose pads the other way round.
-        padding = [(k // 2, (k - 1) // 2) for k in recurrent_kernel.shape[:2]]
-        return jax.lax.conv_general_dilated(
-            dz.astype(self.dtype),
-            flipped.astype(self.dtype),
-            window_strides=(1, 1),
-            padding=padding,
-            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-            preferred_element_type=jnp.float32,
-        )
+        return conv2d_transpose(dz, recurrent_kernel, 'same', self.dtype)
 
     def cell_vjp(self, z: Array, c_prev: Array, dh: Array, dc: Array) -> tuple[Array, Array]:
         """(dz, dc_prev) of `cell`, with the gates on their own axis: no per-gate split and concatenation,
@@ -334,6 +343,19 @@ class _InputConv:
         conv = functools.partial(conv2d, strides=self.strides, padding=self.padding, dilation=self.dilation)
         return conv(x, kernel, dtype=self.dtype, im2col=self.im2col)
 
+    def step(self, x_t: Array, kernel: Array) -> tuple[Array, Callable[[Array], Array]]:
+        """One time step's convolution inside the scan, and the function giving its input gradient.
+
+        XLA's own convolution per step beats one im2col product over all frames (whose (T·B·H·W, k²·C)
+        patches and (T, B, H, W, 4F) output cost more memory traffic than the products save).
+        """
+        conv = functools.partial(conv2d, strides=self.strides, padding=self.padding, dilation=self.dilation)
+        if self.strides == (1, 1) and self.dilation == (1, 1):
+            out = conv(x_t, kernel, dtype=self.dtype, im2col=False)
+            return out, lambda dz: conv2d_transpose(dz, kernel, self.padding, self.dtype)
+        out, vjp = jax.vjp(lambda v: conv(v, kernel, dtype=self.dtype, im2col=True), x_t)
+        return out, lambda dz: vjp(dz)[0]
+
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
         if self.padding == 'same':
             return -(-height // self.strides[0]), -(-width // self.strides[1])
@@ -357,9 +379,21 @@ def remat_recurrence(spec: _Recurrence, conv: _InputConv, frames, kernel, bias, 
     and accumulates every weight gradient inside the reverse scan as matrix products, so no (T, B, H, W, 4F)
     array outlives the forward pass: rematerialization that trades one more forward for memory.
     """
-    xz = _all_frames(conv, frames, kernel) + bias
-    hs, cs, _ = _forward_scan(spec, xz, recurrent_kernel, h0, c0, keep_z=False)
+    hs, cs = _forward_scan_frames(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0)
     return hs, cs[-1]
+
+
+def _forward_scan_frames(spec: _Recurrence, conv: _InputConv, frames, kernel, bias, recurrent_kernel, h0, c0):
+    """The recurrence with each step's input convolution inside the scan; returns hs and cs."""
+
+    def step(carry, x_t):
+        h, c = carry
+        z = conv.step(x_t, kernel)[0] + bias + spec.recurrent_conv(h, recurrent_kernel)
+        h, c = spec.cell(z, c)
+        return (h, c), (h, c)
+
+    _, (hs, cs) = jax.lax.scan(step, (h0, c0), frames, unroll=spec.unroll)
+    return hs, cs
 
 
 def _all_frames(conv: _InputConv, frames: Array, kernel: Array) -> Array:
@@ -368,9 +402,8 @@ def _all_frames(conv: _InputConv, frames: Array, kernel: Array) -> Array:
 
 
 def _remat_fwd(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0):
-    xz = _all_frames(conv, frames, kernel) + bias
     # c_{t-1} cannot be recovered from c_t backwards, so the carries are kept (F channels, like h).
-    hs, cs, _ = _forward_scan(spec, xz, recurrent_kernel, h0, c0, keep_z=False)
+    hs, cs = _forward_scan_frames(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0)
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
     return (hs, cs[-1]), (frames, kernel, bias, recurrent_kernel, h_prev, c_prev)
@@ -392,7 +425,7 @@ def _remat_bwd(spec, conv, residuals, cotangents):
     def step(carry, inputs):
         dh_next, dc_next, d_kernel, d_recurrent, d_bias = carry
         x_t, h_prev_t, c_prev_t, dh_out_t = inputs
-        xz_t, input_vjp = jax.vjp(lambda v: conv(v, kernel), x_t)
+        xz_t, input_grad = conv.step(x_t, kernel)
         z = xz_t + bias + spec.recurrent_conv(h_prev_t, recurrent_kernel)
         dz, dc_prev = spec.cell_vjp(z, c_prev_t, dh_out_t + dh_next, dc_next)
         dh_prev = spec.recurrent_conv_transpose(dz, recurrent_kernel)
@@ -402,7 +435,7 @@ def _remat_bwd(spec, conv, residuals, cotangents):
         d_recurrent = d_recurrent + _patch_grad(
             h_prev_t.astype(spec.dtype), dz.astype(spec.dtype), recurrent_kernel.shape
         )
-        (dx_t,) = input_vjp(dz)
+        dx_t = input_grad(dz)
         return (dh_prev, dc_prev, d_kernel, d_recurrent, d_bias + jnp.sum(dz, axis=(0, 1, 2))), dx_t
 
     init = (
