@@ -6,20 +6,20 @@ stride 1;
 
     i = σ(x_i + h_i)   f = σ(x_f + h_f)   c' = f·c + i·act(x_c + h_c)   o = σ(x_o + h_o)   h' = o·act(c')
 
-with σ the recurrent activation. The four gates are one convolution of 4·filters outputs, and the input
-convolution runs once over all B·T frames, outside the time recurrence.
+with σ the recurrent activation. The four gates are one convolution of 4·filters outputs.
 
 Two implementations of the recurrence compute the same numbers:
-- `implementation='fast'` (default): a `jax.custom_vjp`. Its backward pass is a reverse scan producing the
-  gate gradients dz_t and dh_{t-1}, dc_{t-1} (dh as a forward convolution with the flipped kernel), followed
-  by the recurrent kernel's gradient as one matrix product of im2col patches over all T·B·H·W rows. XLA:CPU
-  differentiates a convolution inside a scan 10-100× slower than it runs it forward; this path never asks it
-  to. The input convolution is im2col patches × one matrix product (its backward is faster that way).
-  With `remat=True` the input convolution joins the custom VJP: only x, h and c are kept for the backward
-  pass, which recomputes each step's gates and accumulates every weight gradient inside the reverse scan.
-  On XLA:CPU this is the fastest and leanest variant (a third of the memory: no (T, B, H, W, 4F) array and
-  no full-sequence im2col patches are ever allocated); input dropout makes the layer fall back to
-  `remat=False`, since each gate then sees its own masked input.
+- `implementation='fast'` (default): `frame_recurrence`, a `jax.custom_vjp`. Each step convolves its frame
+  and h_{t-1} with XLA's convolution inside the scan (on XLA:CPU this beats one im2col product over all
+  frames: those patches and the (T, B, H, W, 4F) result cost more memory traffic than they save). Its
+  backward pass is one reverse scan: gate gradients dz_t, then dh_{t-1} and dx_t as forward convolutions with
+  the flipped kernels, and every weight gradient accumulated as im2col patches × dz_t. XLA:CPU differentiates
+  a convolution inside a scan 10-100× slower than it runs it forward; this path never asks it to. With
+  `remat=True` only x, h and c are kept for the backward pass, which recomputes each step's gates (a third of
+  the memory, and on XLA:CPU also faster than reading stored gates back); without, z_t is kept too.
+  Input dropout (a masked copy of the input per gate) convolves all frames at once outside the scan and runs
+  `recurrence`, a custom VJP of the recurrence alone (its input gradient flows through XLA's own im2col
+  backward).
 - `implementation='scan'`: a plain `flax.linen.scan` over XLA convolutions, differentiated by JAX; the
   reference the fast path is tested against.
 
@@ -343,18 +343,32 @@ class _InputConv:
         conv = functools.partial(conv2d, strides=self.strides, padding=self.padding, dilation=self.dilation)
         return conv(x, kernel, dtype=self.dtype, im2col=self.im2col)
 
-    def step(self, x_t: Array, kernel: Array) -> tuple[Array, Callable[[Array], Array]]:
-        """One time step's convolution inside the scan, and the function giving its input gradient.
+    def step(self, x_t: Array, kernel: Array) -> Array:
+        """One time step's convolution inside the scan.
 
         XLA's own convolution per step beats one im2col product over all frames (whose (T·B·H·W, k²·C)
-        patches and (T, B, H, W, 4F) output cost more memory traffic than the products save).
+        patches and (T, B, H, W, 4F) output cost more memory traffic than the product saves).
         """
-        conv = functools.partial(conv2d, strides=self.strides, padding=self.padding, dilation=self.dilation)
-        if self.strides == (1, 1) and self.dilation == (1, 1):
-            out = conv(x_t, kernel, dtype=self.dtype, im2col=False)
-            return out, lambda dz: conv2d_transpose(dz, kernel, self.padding, self.dtype)
-        out, vjp = jax.vjp(lambda v: conv(v, kernel, dtype=self.dtype, im2col=True), x_t)
-        return out, lambda dz: vjp(dz)[0]
+        return conv2d(
+            x_t,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation=self.dilation,
+            dtype=self.dtype,
+            im2col=not self._transposable,
+        )
+
+    def transpose(self, dz: Array, kernel: Array, x_t: Array) -> Array:
+        """∂/∂x_t of `step` (linear in x_t): a forward convolution where one can express it."""
+        if self._transposable:
+            return conv2d_transpose(dz, kernel, self.padding, self.dtype)
+        (dx,) = jax.linear_transpose(lambda v: self.step(v, kernel), x_t)(dz)
+        return dx
+
+    @property
+    def _transposable(self) -> bool:
+        return self.strides == (1, 1) and self.dilation == (1, 1)
 
     def output_hw(self, height: int, width: int) -> tuple[int, int]:
         if self.padding == 'same':
@@ -372,28 +386,31 @@ class _InputConv:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def remat_recurrence(spec: _Recurrence, conv: _InputConv, frames, kernel, bias, recurrent_kernel, h0, c0):
-    """The recurrence with its input convolution, keeping only h and c for the backward pass.
+def frame_recurrence(spec: _Recurrence, conv: _InputConv, frames, kernel, bias, recurrent_kernel, h0, c0):
+    """The recurrence with its input convolution, each frame convolved inside the scan.
 
-    frames (T, B, H, W, C) time-major. The backward pass recomputes each step's gates from x_t and h_{t-1}
-    and accumulates every weight gradient inside the reverse scan as matrix products, so no (T, B, H, W, 4F)
-    array outlives the forward pass: rematerialization that trades one more forward for memory.
+    frames (T, B, H, W, C) time-major. The backward pass is one reverse scan that accumulates every weight
+    gradient as matrix products step by step, so no full-sequence im2col patches are ever built. With
+    `spec.remat` only h and c are kept for it and each step's gates are recomputed from x_t and h_{t-1}:
+    one more forward for a third of the memory. Without, the gate pre-activations z are kept too.
     """
-    hs, cs = _forward_scan_frames(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0)
+    hs, cs, _ = _forward_scan_frames(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0)
     return hs, cs[-1]
 
 
-def _forward_scan_frames(spec: _Recurrence, conv: _InputConv, frames, kernel, bias, recurrent_kernel, h0, c0):
-    """The recurrence with each step's input convolution inside the scan; returns hs and cs."""
+def _forward_scan_frames(
+    spec: _Recurrence, conv: _InputConv, frames, kernel, bias, recurrent_kernel, h0, c0, keep_z=False
+):
+    """Returns hs, cs and (if `keep_z`) the pre-activations zs of the recurrence over time-major frames."""
 
     def step(carry, x_t):
         h, c = carry
-        z = conv.step(x_t, kernel)[0] + bias + spec.recurrent_conv(h, recurrent_kernel)
+        z = conv.step(x_t, kernel) + bias + spec.recurrent_conv(h, recurrent_kernel)
         h, c = spec.cell(z, c)
-        return (h, c), (h, c)
+        return (h, c), (h, c, z if keep_z else None)
 
-    _, (hs, cs) = jax.lax.scan(step, (h0, c0), frames, unroll=spec.unroll)
-    return hs, cs
+    _, (hs, cs, zs) = jax.lax.scan(step, (h0, c0), frames, unroll=spec.unroll)
+    return hs, cs, zs
 
 
 def _all_frames(conv: _InputConv, frames: Array, kernel: Array) -> Array:
@@ -401,12 +418,14 @@ def _all_frames(conv: _InputConv, frames: Array, kernel: Array) -> Array:
     return out.reshape(*frames.shape[:2], *out.shape[1:])
 
 
-def _remat_fwd(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0):
+def _frame_recurrence_fwd(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0):
     # c_{t-1} cannot be recovered from c_t backwards, so the carries are kept (F channels, like h).
-    hs, cs = _forward_scan_frames(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0)
+    hs, cs, zs = _forward_scan_frames(
+        spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0, keep_z=not spec.remat
+    )
     h_prev = jnp.concatenate([h0[None], hs[:-1]])
     c_prev = jnp.concatenate([c0[None], cs[:-1]])
-    return (hs, cs[-1]), (frames, kernel, bias, recurrent_kernel, h_prev, c_prev)
+    return (hs, cs[-1]), (frames, kernel, bias, recurrent_kernel, h_prev, c_prev, zs)
 
 
 def _patch_grad(x: Array, dz: Array, kernel_shape, **conv_kw) -> Array:
@@ -417,16 +436,16 @@ def _patch_grad(x: Array, dz: Array, kernel_shape, **conv_kw) -> Array:
     return grad.reshape(kernel_shape)
 
 
-def _remat_bwd(spec, conv, residuals, cotangents):
-    frames, kernel, bias, recurrent_kernel, h_prev, c_prev = residuals
+def _frame_recurrence_bwd(spec, conv, residuals, cotangents):
+    frames, kernel, bias, recurrent_kernel, h_prev, c_prev, zs = residuals
     d_hs, d_c_last = cotangents
     conv_kw = dict(strides=conv.strides, padding=conv.padding, dilation=conv.dilation)
 
     def step(carry, inputs):
         dh_next, dc_next, d_kernel, d_recurrent, d_bias = carry
-        x_t, h_prev_t, c_prev_t, dh_out_t = inputs
-        xz_t, input_grad = conv.step(x_t, kernel)
-        z = xz_t + bias + spec.recurrent_conv(h_prev_t, recurrent_kernel)
+        x_t, h_prev_t, c_prev_t, dh_out_t, z = inputs
+        if z is None:
+            z = conv.step(x_t, kernel) + bias + spec.recurrent_conv(h_prev_t, recurrent_kernel)
         dz, dc_prev = spec.cell_vjp(z, c_prev_t, dh_out_t + dh_next, dc_next)
         dh_prev = spec.recurrent_conv_transpose(dz, recurrent_kernel)
         d_kernel = d_kernel + _patch_grad(
@@ -435,7 +454,7 @@ def _remat_bwd(spec, conv, residuals, cotangents):
         d_recurrent = d_recurrent + _patch_grad(
             h_prev_t.astype(spec.dtype), dz.astype(spec.dtype), recurrent_kernel.shape
         )
-        dx_t = input_grad(dz)
+        dx_t = conv.transpose(dz, kernel, x_t)
         return (dh_prev, dc_prev, d_kernel, d_recurrent, d_bias + jnp.sum(dz, axis=(0, 1, 2))), dx_t
 
     init = (
@@ -445,14 +464,14 @@ def _remat_bwd(spec, conv, residuals, cotangents):
         jnp.zeros_like(recurrent_kernel),
         jnp.zeros_like(bias),
     )
-    xs = (frames, h_prev, c_prev, d_hs)
+    xs = (frames, h_prev, c_prev, d_hs, zs)
     (dh0, dc0, d_kernel, d_recurrent, d_bias), d_frames = jax.lax.scan(
         step, init, xs, reverse=True, unroll=spec.unroll
     )
     return d_frames, d_kernel, d_bias, d_recurrent, dh0, dc0
 
 
-remat_recurrence.defvjp(_remat_fwd, _remat_bwd)
+frame_recurrence.defvjp(_frame_recurrence_fwd, _frame_recurrence_bwd)
 
 
 def _masked_recurrent_conv(
@@ -562,9 +581,9 @@ class ConvLSTM2D(nn.Module):
         input_dropout = self.dropout > 0.0 and not deterministic
         recurrent_dropout = self.recurrent_dropout > 0.0 and not deterministic
 
-        if fast and self.remat and not (input_dropout or recurrent_dropout):
+        if fast and not (input_dropout or recurrent_dropout):
             bias_or_zeros = jnp.zeros((units,), jnp.float32) if bias is None else bias
-            hs, c_last = remat_recurrence(spec, conv, frames, kernel, bias_or_zeros, recurrent_kernel, h0, c0)
+            hs, c_last = frame_recurrence(spec, conv, frames, kernel, bias_or_zeros, recurrent_kernel, h0, c0)
         else:
             xz = self._input_conv(conv, frames, kernel, input_dropout)
             if bias is not None:
