@@ -3,15 +3,17 @@
     python -m convlstm_jax.benchmark --json bench.json
     python -m convlstm_jax.benchmark --models two_layer --frameworks convlstm_jax,tf_keras --dtypes bfloat16
 
-Every row (framework × model × mode × dtype × remat × input) runs in a fresh subprocess, because
+Every row (framework × model × mode × dtype × remat × devices × input) runs in a fresh subprocess, because
 frameworks disturb each other (thread pools, allocators, XLA flags) and a process's peak memory is only clean
 in a process of its own. All rows build the same model from `configs/<model>.py` at the same clip shape and
 batch, and feed it the same in-memory data: a few seeded uint8 batches, regenerated identically by every
 worker. Keras gets them scaled to float32 once, before timing, as the 2021 pipeline fed it; this project gets
 uint8 and scales on the device. The training step is the 2021 one, class-weighted binary cross-entropy and
 Adam: for Keras `train_on_batch` after the 2021 `compile` (with its BCE and AUC metrics), for this project the
-training step of `convlstm_jax.train`. Separate `pipeline-*` rows time this project's training step fed by its
-own input pipeline (`data/pipeline.py`) from a frame array, instead of from batches already in memory.
+training step of `convlstm_jax.train`, pmapped over `--devices` devices (on a CPU, the CPU split into that
+many: one per core runs the shards side by side; 1 by default). Separate `pipeline-*` rows time this
+project's training step fed by its own input pipeline (`data/pipeline.py`) from a frame array, instead of
+from batches already in memory.
 
 Step times are wall-clock times of finished steps (the result is waited for), after warm-up steps.
 `compile_s` is the first step's time minus the median step time, one definition for every framework. Memory,
@@ -131,10 +133,12 @@ class RowSpec:
     time_budget_s: float = 300.0
     seed: int = 0
     unroll: int | None = None
+    devices: int = 1  # convlstm_jax: devices the step is pmapped over (on a CPU: the CPU split into these)
 
     def label(self) -> str:
         parts = [self.framework, self.model, self.mode, self.dtype]
         parts += ['remat'] if self.remat else []
+        parts += [f'{self.devices} devices'] if self.devices > 1 else []
         parts += [self.input] if self.input != 'memory' else []
         return ' '.join(parts)
 
@@ -358,49 +362,57 @@ def _jax_device_name() -> str:
     return f'{device.platform}:{device.device_kind}'
 
 
-def jax_train_step(config: Any, seed: int, device: Any) -> tuple[Callable, Any]:
-    """`convlstm_jax.train`'s pmapped training step on one device, and its initial state on that device.
-
-    One device, so that the batch and the work per step are those of the Keras rows.
-    """
+def jax_train_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Callable, Any]:
+    """`convlstm_jax.train`'s pmapped training step over `devices`, and its initial state on them."""
     import jax
 
     from convlstm_jax import train
 
     variables = train.init_variables(config, seed)
     state = train.create_train_state(config, variables, jax.random.PRNGKey(seed))
-    p_train_step = train.make_train_step(config, config.class_weights, devices=[device])
-    return p_train_step, train.replicate(state, [device])
+    p_train_step = train.make_train_step(config, config.class_weights, devices=devices)
+    return p_train_step, train.replicate(state, devices)
 
 
-def jax_infer_step(config: Any, seed: int, device: Any) -> tuple[Callable, Any]:
-    """The jitted forward pass (BatchNorm in inference mode) and the model's initial variables on `device`."""
+def jax_infer_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Callable, Any]:
+    """The forward pass (BatchNorm in inference mode) pmapped over `devices`, and the model's variables."""
     import jax
 
     from convlstm_jax import models, train
 
     model = models.build_model(config.model)
-    forward = jax.jit(lambda variables, clips: model.apply(variables, clips, train=False))
+    forward = jax.pmap(lambda variables, clips: model.apply(variables, clips, train=False), devices=devices)
 
     def infer_step(variables, batch):
         return variables, forward(variables, batch['clips'])
 
-    return infer_step, jax.device_put(train.init_variables(config, seed), device)
+    return infer_step, train.replicate(train.init_variables(config, seed), devices)
 
 
-def run_convlstm_jax(spec: RowSpec, batches: Callable[[Any], Iterator[dict]]) -> dict[str, Any]:
-    """Times this project's step over `batches(device)`: dicts of 'clips' and 'labels', with a leading
-    device axis (of 1) for training, the pmapped step, and without one for inference."""
+def step_devices(spec: RowSpec) -> list[Any]:
+    """The first `spec.devices` local devices; the batch must split evenly over them."""
+    import jax
+
+    from convlstm_jax import train
+
+    devices = jax.local_devices()[: spec.devices]
+    if len(devices) < spec.devices:
+        raise ValueError(f'{spec.devices} devices requested, {len(devices)} found: {devices}')
+    train.check_batch_size(spec.batch, spec.devices, name='batch')
+    return devices
+
+
+def run_convlstm_jax(spec: RowSpec, batches: Callable[[list[Any]], Iterator[dict]]) -> dict[str, Any]:
+    """Times this project's pmapped step over `batches(devices)`: dicts of 'clips' and 'labels' with a
+    leading device axis."""
     import jax
 
     config = row_config(spec)
-    device = jax.local_devices()[0]
+    devices = step_devices(spec)
     memory = jax_memory_probe()
-    if spec.mode == 'train':
-        step_fn, carry = jax_train_step(config, spec.seed, device)
-    else:
-        step_fn, carry = jax_infer_step(config, spec.seed, device)
-    source = batches(device)
+    make_step = jax_train_step if spec.mode == 'train' else jax_infer_step
+    step_fn, carry = make_step(config, spec.seed, devices)
+    source = batches(devices)
     state = {'carry': carry}
 
     def step(i: int) -> None:
@@ -418,13 +430,15 @@ def run_convlstm_jax(spec: RowSpec, batches: Callable[[Any], Iterator[dict]]) ->
 
 def run_convlstm_jax_memory(spec: RowSpec) -> dict[str, Any]:
     """This project's step on the shared in-memory batches."""
+
+    def shard(x: np.ndarray) -> np.ndarray:
+        return x.reshape(spec.devices, -1, *x.shape[1:])
+
     batches = [
-        {'clips': clips, 'labels': labels}
+        {'clips': shard(clips), 'labels': shard(labels)}
         for clips, labels in make_batches(spec.shape, spec.batch, spec.seed)
     ]
-    if spec.mode == 'train':
-        batches = [{name: value[None] for name, value in batch.items()} for batch in batches]
-    return run_convlstm_jax(spec, lambda device: itertools.cycle(batches))
+    return run_convlstm_jax(spec, lambda devices: itertools.cycle(batches))
 
 
 def run_convlstm_jax_pipeline(spec: RowSpec) -> dict[str, Any]:
@@ -439,20 +453,21 @@ def run_convlstm_jax_pipeline(spec: RowSpec) -> dict[str, Any]:
     split = pipeline.synthetic_split(num_frames, height, width, seed=spec.seed, clip_length=clip_length)
     config = row_config(spec)
 
-    def batches(device: Any) -> Iterator[dict]:
+    def batches(devices: list[Any]) -> Iterator[dict]:
         host_batches = pipeline.train_batches(
             split,
             global_batch=spec.batch,
             seed=spec.seed,
             epoch=0,
             num_steps=num_steps,
+            local_device_count=len(devices),
             flips=config.data.flips,
             backend=spec.input.removeprefix('pipeline-'),
             time_steps=time_steps_,
             frames_per_step=frames_per_step,
         )
         inputs = ({'clips': b['clips'], 'labels': b['labels']} for b in host_batches)
-        return pipeline.prefetch_to_devices(inputs, size=2, devices=[device])
+        return pipeline.prefetch_to_devices(inputs, size=2, devices=devices)
 
     return run_convlstm_jax(spec, batches)
 
@@ -618,12 +633,13 @@ def plan_rows(
     dtypes: Sequence[str],
     remat: Sequence[bool],
     pipelines: Sequence[str],
+    devices: Sequence[int] = (1,),
     **common: Any,
 ) -> list[RowSpec]:
     """Every row of one benchmark: per model and mode, the frameworks in order, then the pipeline rows.
 
-    dtype and remat vary for this project only (remat in training only); Keras runs float32. Pipeline rows are
-    training steps, without remat, for each dtype.
+    dtype, remat and devices vary for this project only (remat in training only); Keras runs float32.
+    Pipeline rows are training steps, with the first remat setting, for each dtype and device count.
     """
     rows = []
     for model in models:
@@ -632,25 +648,39 @@ def plan_rows(
                 if framework != 'convlstm_jax':
                     rows.append(RowSpec(framework, model, mode, **common))
                     continue
-                for dtype in dtypes:
+                for count, dtype in itertools.product(devices, dtypes):
                     for use_remat in remat if mode == 'train' else (False,):
-                        rows.append(RowSpec(framework, model, mode, dtype, use_remat, **common))
+                        rows.append(
+                            RowSpec(framework, model, mode, dtype, use_remat, devices=count, **common)
+                        )
         if 'train' in modes and 'convlstm_jax' in frameworks:
-            for backend in pipelines:
-                for dtype in dtypes:
-                    rows.append(
-                        RowSpec('convlstm_jax', model, 'train', dtype, input=f'pipeline-{backend}', **common)
+            for backend, count, dtype in itertools.product(pipelines, devices, dtypes):
+                rows.append(
+                    RowSpec(
+                        'convlstm_jax',
+                        model,
+                        'train',
+                        dtype,
+                        remat[0],
+                        input=f'pipeline-{backend}',
+                        devices=count,
+                        **common,
                     )
+                )
     return rows
 
 
-def worker_environment(framework: str) -> dict[str, str]:
+def worker_environment(spec: RowSpec) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
     # The worker imports this package as the parent process did, installed or not.
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get('PYTHONPATH')]))
-    if framework in KERAS3_BACKENDS:
-        env['KERAS_BACKEND'] = KERAS3_BACKENDS[framework]
+    if spec.framework in KERAS3_BACKENDS:
+        env['KERAS_BACKEND'] = KERAS3_BACKENDS[spec.framework]
+    if spec.devices > 1:
+        from convlstm_jax import distributed
+
+        distributed.use_cpu_devices(spec.devices, env)
     return env
 
 
@@ -668,7 +698,7 @@ def run_in_subprocess(spec: RowSpec, workdir: pathlib.Path, index: int, timeout_
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=worker_environment(spec.framework),
+                env=worker_environment(spec),
                 timeout=timeout_s,
                 check=False,
             )
@@ -729,8 +759,8 @@ def add_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 TABLE_COLUMNS = (
-    'model', 'mode', 'framework', 'dtype', 'remat', 'input', 'clips/s', 'step s median (IQR)', 'compile s',
-    'GFLOP/s', 'peak mem Δ MiB', '× tf_keras speed', '× tf_keras mem', 'load',
+    'model', 'mode', 'framework', 'dtype', 'remat', 'devices', 'input', 'clips/s', 'step s median (IQR)',
+    'compile s', 'GFLOP/s', 'peak mem Δ MiB', '× tf_keras speed', '× tf_keras mem', 'load',
 )  # fmt: skip
 
 
@@ -739,7 +769,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     lines = ['| ' + ' | '.join(TABLE_COLUMNS) + ' |', '|' + '---|' * len(TABLE_COLUMNS)]
     for row in rows:
         cells = [row['model'], row['mode'], row['framework'], row['dtype'], 'on' if row['remat'] else 'off']
-        cells.append(row['input'])
+        cells += [str(row.get('devices', 1)), row['input']]
         if 'error' in row:
             cells.append('failed: ' + _one_line(row['error']))
         else:
@@ -831,6 +861,16 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
+def _device_counts(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in text.split(',')]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f'expected positive device counts like 1,2; got {text!r}')
+    return counts
+
+
 def _remat(text: str) -> list[bool]:
     return [v == 'on' for v in _choices(('off', 'on'))(text)]
 
@@ -858,7 +898,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help='compute dtypes of the convlstm_jax rows (parameters, BatchNorm and loss stay float32)',
     )
     parser.add_argument(
-        '--remat', default='off', type=_remat, help='convlstm_jax training rows: off, on or off,on'
+        '--remat', default='on', type=_remat, help='convlstm_jax training rows: off, on or off,on'
+    )
+    parser.add_argument(
+        '--devices',
+        default='1',
+        type=_device_counts,
+        help='convlstm_jax rows: devices the step is pmapped over, e.g. 1,2; on a CPU each row splits the '
+        'CPU into that many devices (--cpu_devices of the training job)',
     )
     parser.add_argument('--unroll', type=int, default=None, help="scan unrolling (None: the config's)")
     parser.add_argument(
@@ -887,6 +934,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(
             f'expected --batch ≥ 1, --steps ≥ 1, --warmup ≥ 0; got {args.batch}, {args.steps}, {args.warmup}'
         )
+    uneven = [count for count in args.devices if args.batch % count]
+    if uneven:
+        parser.error(f'--batch {args.batch} does not split evenly over {uneven} devices')
     return args
 
 
@@ -934,6 +984,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         dtypes=args.dtypes,
         remat=args.remat,
         pipelines=resolve_pipelines(args.pipeline),
+        devices=args.devices,
         batch=args.batch,
         shape=args.shape,
         warmup=args.warmup,

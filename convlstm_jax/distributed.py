@@ -64,6 +64,8 @@ _ENV_LOCAL_DEVICE_IDS = ENV_PREFIX + 'LOCAL_DEVICE_IDS'
 _ENV_MODE = ENV_PREFIX + 'DISTRIBUTED'
 _ENV_INIT_TIMEOUT = ENV_PREFIX + 'DISTRIBUTED_INIT_TIMEOUT'
 _ENV_HEARTBEAT_TIMEOUT = ENV_PREFIX + 'DISTRIBUTED_HEARTBEAT_TIMEOUT'
+_ENV_CPU_DEVICES = ENV_PREFIX + 'CPU_DEVICES'
+_CPU_DEVICE_FLAG = '--xla_force_host_platform_device_count'
 
 MODES = ('auto', 'off')
 
@@ -126,11 +128,21 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         'Seconds after which a silent process counts as dead and the others exit.',
         flag_values=flag_values,
     )
+    flags.DEFINE_integer(
+        'cpu_devices',
+        _env_int(env, _ENV_CPU_DEVICES),
+        'Split the CPU into this many JAX devices (one per core is fastest on a CPU-only machine: the '
+        'pmapped step runs one batch shard per core). The batch must divide by it. No effect on GPU runs.',
+        lower_bound=1,
+        flag_values=flag_values,
+    )
 
 
 def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ProcessGroup | None:
     """Joins the run the flags (or environment, or scheduler) describe; None for a single-process run."""
     f = flag_values
+    if f.cpu_devices:
+        use_cpu_devices(f.cpu_devices)
     if f.distributed == 'off':
         return None
     group = resolve(
@@ -143,6 +155,25 @@ def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> Proces
         group, init_timeout=f.distributed_init_timeout, heartbeat_timeout=f.distributed_heartbeat_timeout
     )
     return group
+
+
+def use_cpu_devices(count: int, env: dict[str, str] | None = None) -> None:
+    """Makes XLA's CPU platform expose `count` devices, through XLA_FLAGS in `env` (default: this process's,
+    which must not have started JAX's backends yet). GPUs are unaffected: they stay the default platform.
+
+    XLA:CPU leaves much of a core idle inside one device's program (small fusions run one after the
+    other); with one device per core the cores run their shards of the pmapped step side by side.
+    """
+    if count < 1:
+        raise ValueError(f'cpu_devices must be a positive number of devices, got {count}')
+    if env is None:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            raise RuntimeError('use_cpu_devices must run before JAX creates its devices')
+        env = os.environ
+    others = re.sub(rf'{_CPU_DEVICE_FLAG}=\S*', '', env.get('XLA_FLAGS', '')).split()
+    env['XLA_FLAGS'] = ' '.join([*others, f'{_CPU_DEVICE_FLAG}={count}'])
 
 
 def resolve(

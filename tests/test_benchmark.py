@@ -68,11 +68,64 @@ def test_plan_rows_vary_dtype_and_remat_for_this_project_only():
     assert [row.dtype for row in rows if row.input == 'pipeline-numpy'] == ['float32', 'bfloat16']
 
 
+def test_plan_rows_vary_devices_for_this_project_only():
+    rows = benchmark.plan_rows(
+        models=['two_layer'],
+        frameworks=['convlstm_jax', 'tf_keras'],
+        modes=['train'],
+        dtypes=['float32'],
+        remat=[True],
+        pipelines=['numpy'],
+        devices=[1, 2],
+    )
+    assert [(row.framework, row.input, row.devices) for row in rows] == [
+        ('convlstm_jax', 'memory', 1),
+        ('convlstm_jax', 'memory', 2),
+        ('tf_keras', 'memory', 1),
+        ('convlstm_jax', 'pipeline-numpy', 1),
+        ('convlstm_jax', 'pipeline-numpy', 2),
+    ]
+    assert rows[1].label() == 'convlstm_jax two_layer train float32 remat 2 devices'
+
+
 def test_bad_flags_say_what_was_expected(capsys):
-    for flags in (['--modes', 'fit'], ['--frameworks', 'caffe'], ['--shape', '30,120,160']):
+    for flags in (
+        ['--modes', 'fit'],
+        ['--frameworks', 'caffe'],
+        ['--shape', '30,120,160'],
+        ['--devices', '0'],
+    ):
         with pytest.raises(SystemExit):
             benchmark.main(flags)
         assert 'expected' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        benchmark.main(['--batch', '3', '--devices', '1,2'])
+    assert '--batch 3 does not split evenly over [2] devices' in capsys.readouterr().err
+
+
+def test_end_to_end_on_the_cpu_split_into_two_devices(tmp_path):
+    """Each worker gets its own device count; the pmapped steps need both devices, or the row fails."""
+    path = tmp_path / 'bench.json'
+    args = ['--models', 'one_layer', '--frameworks', 'convlstm_jax', '--dtypes', 'float32', '--devices', '2']
+    benchmark.main([*args, '--pipeline', 'numpy', *TINY, '--json', str(path)])
+    rows = json.loads(path.read_text())
+    assert [(r['mode'], r['input'], r['devices']) for r in rows] == [
+        ('train', 'memory', 2),
+        ('infer', 'memory', 2),
+        ('train', 'pipeline-numpy', 2),
+    ]
+    for row in rows:
+        assert 'error' not in row, row['error']
+        _check_fields(row)
+
+
+def test_more_devices_than_exist_is_a_clear_error():
+    import jax
+
+    count = jax.local_device_count() + 1
+    spec = benchmark.RowSpec('convlstm_jax', 'one_layer', 'infer', batch=count, devices=count)
+    with pytest.raises(ValueError, match=f'{count} devices requested, {count - 1} found'):
+        benchmark.step_devices(spec)
 
 
 def test_module_imports_no_tensorflow():

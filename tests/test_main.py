@@ -209,7 +209,7 @@ def test_batch_size_not_divisible_by_the_devices(tmp_path):
         '--config.batch_size=3',
         '--workdir',
         str(tmp_path),
-        env={'XLA_FLAGS': '--xla_force_host_platform_device_count=2'},
+        '--cpu_devices=2',  # the CPU split into two devices
     )
     assert result.returncode == 1
     assert (
