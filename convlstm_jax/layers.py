@@ -179,7 +179,8 @@ def conv2d(
 ) -> Array:
     """NHWC convolution with an HWIO kernel in `dtype`, returning float32.
 
-    `im2col`: patches × one matrix product (fast on XLA:CPU for few input channels); else XLA's convolution.
+    `im2col`: patches × one matrix product, whose derivative JAX builds from slices and products (XLA:CPU's
+    own convolution derivatives are slow); else XLA's convolution.
     """
     x, kernel = x.astype(dtype), kernel.astype(dtype)
     if im2col:
@@ -330,7 +331,8 @@ recurrence.defvjp(_recurrence_fwd, _recurrence_bwd)
 
 @dataclasses.dataclass(frozen=True)
 class _InputConv:
-    """Static description of the input convolution (im2col patches × one matrix product)."""
+    """Static description of the input convolution: over all frames at once (`__call__`, im2col on the
+    'fast' setting) or one step's frame inside the scan (`step`, with its input gradient `transpose`)."""
 
     kernel_hw: tuple[int, int]
     strides: tuple[int, int]

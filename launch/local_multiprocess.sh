@@ -65,7 +65,7 @@ for ((i = 0; i < num_processes; i++)); do
     log=$log_dir/process_$i.log
     : >"$log"
     env JAX_PLATFORMS=cpu \
-        XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$devices_per_process" \
+        CONVLSTM_CPU_DEVICES="$devices_per_process" \
         CONVLSTM_COORDINATOR_ADDRESS="localhost:$port" \
         CONVLSTM_NUM_PROCESSES="$num_processes" \
         CONVLSTM_PROCESS_ID="$i" \

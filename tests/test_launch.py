@@ -118,7 +118,7 @@ def test_local_multiprocess_starts_n_joined_cpu_processes(tmp_path, fake_python)
         assert record['args'] == args
         assert record['CONVLSTM_PROCESS_ID'] == str(i) and record['CONVLSTM_NUM_PROCESSES'] == '3'
         assert record['JAX_PLATFORMS'] == 'cpu'
-        assert record['XLA_FLAGS'].endswith('--xla_force_host_platform_device_count=2')
+        assert record['CONVLSTM_CPU_DEVICES'] == '2'
         assert 'done' in (workdir / 'logs' / f'process_{i}.log').read_text()
     assert 'process 0 done' in result.stdout  # process 0's log is shown on the terminal
 
@@ -264,7 +264,7 @@ def training_env(devices: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(('CONVLSTM_', 'SLURM_', 'OMPI_', 'JAX_'))}
     env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT), XLA_FLAGS='')
     if devices > 1:
-        env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+        env['CONVLSTM_CPU_DEVICES'] = str(devices)  # main's --cpu_devices
     return env
 
 
