@@ -204,9 +204,8 @@ def conv2d_transpose(dz: Array, kernel: Array, padding: str, dtype: Any = jnp.fl
     XLA:CPU runs a convolution's own input gradient 10-100× slower than this inside a scan.
     """
     flipped = jnp.flip(kernel, (0, 1)).swapaxes(2, 3)
-    # The transpose pads k-1-before before and k-1-after after ('valid': k-1 both; 'same': swapped).
-    pads = [_same_padding(0, k, 1, 1) if padding == 'same' else (0, 0) for k in kernel.shape[:2]]
-    pads = [(k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(kernel.shape[:2], pads, strict=True)]
+    # A forward padding of (lo, hi) becomes (k-1-lo, k-1-hi): 'same' pads ((k-1)//2, k//2), 'valid' none.
+    pads = [(k // 2, (k - 1) // 2) if padding == 'same' else (k - 1, k - 1) for k in kernel.shape[:2]]
     return jax.lax.conv_general_dilated(
         dz.astype(dtype),
         flipped.astype(dtype),

@@ -141,6 +141,11 @@ PARITY_CASES = {
         shape=(1, 3, 6, 6, 2), kw=dict(filters=2, activation='linear', recurrent_activation='tanh')
     ),
     'go-backwards': dict(shape=(1, 4, 6, 6, 2), kw=dict(filters=2, go_backwards=True, return_sequences=True)),
+    # Even kernels pad 'same' asymmetrically: the transposed convolutions of the backward pass must mirror it.
+    'same-even-kernel4x2': dict(
+        shape=(2, 3, 7, 6, 2), kw=dict(filters=2, kernel_size=(4, 2), padding='same', return_sequences=True)
+    ),
+    'valid-even-kernel2x3': dict(shape=(1, 3, 6, 7, 3), kw=dict(filters=2, kernel_size=(2, 3))),
 }
 
 
