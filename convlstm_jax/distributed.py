@@ -43,6 +43,7 @@ the signal; stopping on SIGTERM is `should_stop`'s job. On CPU, collectives acro
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import errno
 import os
@@ -174,6 +175,23 @@ def use_cpu_devices(count: int, env: dict[str, str] | None = None) -> None:
         env = os.environ
     others = re.sub(rf'{_CPU_DEVICE_FLAG}=\S*', '', env.get('XLA_FLAGS', '')).split()
     env['XLA_FLAGS'] = ' '.join([*others, f'{_CPU_DEVICE_FLAG}={count}'])
+
+
+def add_cpu_devices_argument(parser: argparse.ArgumentParser) -> None:
+    """`--cpu_devices N` for an argparse command line (main has the absl flag); apply: `use_cpu_devices`."""
+
+    def count(text: str) -> int:
+        if not text.isdigit() or int(text) < 1:
+            raise argparse.ArgumentTypeError(f'expected a positive number of devices, got {text!r}')
+        return int(text)
+
+    parser.add_argument(
+        '--cpu_devices',
+        type=count,
+        default=None,
+        help='split the CPU into this many JAX devices and the batches over them (CPU-only machines: one '
+        'per core is fastest); no effect on a GPU',
+    )
 
 
 def resolve(

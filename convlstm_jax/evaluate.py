@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from convlstm_jax import metrics
+from convlstm_jax import distributed, metrics
 from convlstm_jax.data import labels as labels_lib
 
 REPORT_FORMAT = 'convlstm_jax.evaluation/1'
@@ -812,6 +812,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     parser.add_argument('--split', default='test', help='split to score (model mode)')
     parser.add_argument('--out', required=True, help='folder for report.md, metrics.json and the plots')
     parser.add_argument('--batch_size', type=int, default=16, help='clips per prediction batch (model mode)')
+    distributed.add_cpu_devices_argument(parser)
     parser.add_argument(
         '--num_resamples', type=int, default=1000, help='bootstrap resamples for AUC intervals'
     )
@@ -830,6 +831,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(argv)
+    if args.cpu_devices:
+        distributed.use_cpu_devices(args.cpu_devices)
     bootstrap = BootstrapOptions(args.block_length, args.num_resamples, args.seed)
     try:
         if args.reference:

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from convlstm_jax import checkpoints
+from convlstm_jax import checkpoints, distributed, train
 from convlstm_jax.data import clips as clip_slicing
 from convlstm_jax.data import sources
 from convlstm_jax.models import build_model
@@ -97,9 +97,32 @@ def _apply(model: Any, variables: dict[str, Any], clips: jax.Array) -> jax.Array
 
 
 def make_apply(model: Any, variables: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled clips -> logits function with the variables already on the device."""
-    variables = jax.device_put(variables)
-    return lambda clips: np.asarray(_apply(model, variables, clips))
+    """A compiled clips -> logits function with the variables already on the device(s).
+
+    With several local devices (e.g. `--cpu_devices`), each batch is split over them; a batch that does not
+    divide is padded and the padding's logits dropped.
+    """
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        variables = jax.device_put(variables)
+        return lambda clips: np.asarray(_apply(model, variables, clips))
+    replicated = train.replicate(variables, devices)
+    sharded = jax.pmap(lambda v, clips: model.apply(v, clips, train=False), devices=devices)
+
+    def apply(clips: np.ndarray) -> np.ndarray:
+        count = len(clips)
+        clips = _pad_rows(clips, -count % len(devices))
+        logits = sharded(replicated, clips.reshape(len(devices), -1, *clips.shape[1:]))
+        return np.asarray(logits).reshape(-1)[:count]
+
+    return apply
+
+
+def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """`array` with `rows` zero rows appended."""
+    if rows == 0:
+        return array
+    return np.concatenate([array, np.zeros((rows, *array.shape[1:]), array.dtype)])
 
 
 def predict_logits(
@@ -122,10 +145,7 @@ def predict_logits(
             _check_range(batch)
             batch_size = batch_size or len(batch)
             count = len(batch)
-            if count < batch_size:
-                padding = np.zeros((batch_size - count, *batch.shape[1:]), batch.dtype)
-                batch = np.concatenate([batch, padding])
-            yield batch, count
+            yield _pad_rows(batch, batch_size - count), count
 
     return _run_batches(make_apply(model, variables), padded(), total=total, progress=progress)
 
@@ -253,8 +273,7 @@ def frame_windows(
         yield np.concatenate([buffer, padding]), first + len(buffer) - target
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4, 5))
-def _apply_window(
+def _window_logits(
     model: Any,
     variables: dict[str, Any],
     window: jax.Array,
@@ -274,6 +293,31 @@ def _apply_window(
     if pixel_scale is not None:
         clips = clips.astype(jnp.float32) * pixel_scale
     return model.apply(variables, clips, train=False)
+
+
+def make_window_apply(
+    window_logits: Callable[[Any, jax.Array], jax.Array], variables: dict[str, Any], clip_length: int
+) -> Callable[[np.ndarray], np.ndarray]:
+    """window -> logits of its targets, on one device or split over the local devices.
+
+    Split: device d gets its own consecutive targets and their history (the parts overlap by clip_length − 1
+    frames); the window's target count must divide by the device count.
+    """
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        variables = jax.device_put(variables)
+        compiled = jax.jit(window_logits)
+        return lambda window: np.asarray(compiled(variables, window))
+    replicated = train.replicate(variables, devices)
+    sharded = jax.pmap(window_logits, devices=devices)
+
+    def apply(window: np.ndarray) -> np.ndarray:
+        per_device = (len(window) - clip_length + 1) // len(devices)
+        size = clip_length - 1 + per_device
+        parts = np.stack([window[d * per_device : d * per_device + size] for d in range(len(devices))])
+        return np.asarray(sharded(replicated, parts)).reshape(-1)
+
+    return apply
 
 
 def predict_recording(
@@ -301,11 +345,11 @@ def predict_recording(
     pixel_scale = _pixel_scale(input_spec)
     # uint8 frames at 1/255 go as they are: the model scales them on the device.
     scale = None if math.isclose(pixel_scale, 1 / 255, rel_tol=1e-6) else pixel_scale
-    device_variables = jax.device_put(variables)
-
-    def apply(window: np.ndarray) -> np.ndarray:
-        return np.asarray(_apply_window(model, device_variables, window, steps, per_step, scale))
-
+    window_logits = functools.partial(
+        _window_logits, model, time_steps=steps, frames_per_step=per_step, pixel_scale=scale
+    )
+    apply = make_window_apply(window_logits, variables, length)
+    batch_size = -(-batch_size // jax.local_device_count()) * jax.local_device_count()  # targets split evenly
     frames = (sources.resize(chunk, height, width, method) for chunk in recording.read())
     windows = frame_windows(frames, clip_length=length, batch_size=batch_size)
     logits = _run_batches(apply, windows, total=recording.num_frames - length + 1, progress=progress)
@@ -411,7 +455,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument('--plot', help='with --video/--frames: PNG of the probability over time')
     parser.add_argument('--batch_size', type=int, default=8)
+    distributed.add_cpu_devices_argument(parser)
     args = parser.parse_args(argv)
+    if args.cpu_devices:
+        distributed.use_cpu_devices(args.cpu_devices)
     if args.plot and args.clips:
         parser.error('--plot needs --video or --frames')
     try:

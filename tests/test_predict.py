@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import pathlib
 import re
 import subprocess
@@ -351,3 +352,38 @@ def test_plot_needs_a_recording(model_dir, tmp_path):
     with pytest.raises(SystemExit) as exit_info:
         predict.main(args)
     assert exit_info.value.code == 2
+
+
+def test_cpu_split_into_devices_gives_the_same_predictions(model_dir, video_model_dir, tmp_path):
+    """`--cpu_devices 3`: batches of 5 clips (5 + 2, padded to whole devices) and video windows of 5 targets
+    (rounded up to 6, two per device; 10 targets: 6 + 4 padded) give the one-device probabilities."""
+    clips = _clips(7)
+    np.save(tmp_path / 'clips.npy', clips)
+    frames = _frames(25)
+    video = _write_video(tmp_path / 'fish.mkv', frames)
+    runs = [
+        (model_dir, ['--clips', str(tmp_path / 'clips.npy')], tmp_path / 'split.npy'),
+        (video_model_dir, ['--video', str(video)], tmp_path / 'split.csv'),
+    ]
+    for model, source, out in runs:
+        result = subprocess.run(
+            [sys.executable, '-m', 'convlstm_jax.predict', '--cpu_devices', '3', '--batch_size', '5']
+            + ['--checkpoint', str(model), *source, '--out', str(out)],
+            cwd=REPO_ROOT,
+            env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_allclose(np.load(runs[0][2]), _reference(model_dir, clips), atol=1e-6)
+    _, _, probabilities = _read_csv(runs[1][2])
+    expected = _clip_reference(video_model_dir, frames)
+    np.testing.assert_allclose(probabilities[HISTORY - 1 :], expected, atol=1e-6)
+
+
+def test_cpu_devices_must_be_positive(model_dir, capsys):
+    args = ['--checkpoint', str(model_dir), '--clips', 'x.npy', '--out', 'y.npy']
+    with pytest.raises(SystemExit):
+        predict.main(['--cpu_devices', '0', *args])
+    assert 'expected a positive number of devices' in capsys.readouterr().err
