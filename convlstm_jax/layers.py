@@ -265,17 +265,26 @@ class _Recurrence:
         return rec_act(z_o) * act(c), c
 
 
-def _forward_scan(spec: _Recurrence, xz: Array, recurrent_kernel: Array, h0: Array, c0: Array, keep_z=True):
-    """Runs the recurrence over time-major xz (T, B, H, W, 4F); returns hs, cs and the pre-activations zs
-    (None unless `keep_z`)."""
+def _forward_scan(
+    spec: _Recurrence,
+    inputs: Array,
+    recurrent_kernel: Array,
+    h0: Array,
+    c0: Array,
+    keep_z=True,
+    input_gates: Callable[[Array], Array] = lambda xz_t: xz_t,
+):
+    """Runs the recurrence over time-major inputs; returns hs, cs and the pre-activations zs (None unless
+    `keep_z`). `input_gates` turns a step's input into its (B, H, W, 4F) input part: the identity for
+    precomputed input convolutions xz."""
 
-    def step(carry, xz_t):
+    def step(carry, x_t):
         h, c = carry
-        z = xz_t + spec.recurrent_conv(h, recurrent_kernel)
+        z = input_gates(x_t) + spec.recurrent_conv(h, recurrent_kernel)
         h, c = spec.cell(z, c)
         return (h, c), (h, c, z if keep_z else None)
 
-    _, (hs, cs, zs) = jax.lax.scan(step, (h0, c0), xz, unroll=spec.unroll)
+    _, (hs, cs, zs) = jax.lax.scan(step, (h0, c0), inputs, unroll=spec.unroll)
     return hs, cs, zs
 
 
@@ -341,8 +350,18 @@ class _InputConv:
     im2col: bool = True
 
     def __call__(self, x: Array, kernel: Array) -> Array:
-        conv = functools.partial(conv2d, strides=self.strides, padding=self.padding, dilation=self.dilation)
-        return conv(x, kernel, dtype=self.dtype, im2col=self.im2col)
+        return self._conv(x, kernel, im2col=self.im2col)
+
+    def _conv(self, x: Array, kernel: Array, *, im2col: bool) -> Array:
+        return conv2d(
+            x,
+            kernel,
+            strides=self.strides,
+            padding=self.padding,
+            dilation=self.dilation,
+            dtype=self.dtype,
+            im2col=im2col,
+        )
 
     def step(self, x_t: Array, kernel: Array) -> Array:
         """One time step's convolution inside the scan.
@@ -350,15 +369,7 @@ class _InputConv:
         XLA's own convolution per step beats one im2col product over all frames (whose (T·B·H·W, k²·C)
         patches and (T, B, H, W, 4F) output cost more memory traffic than the product saves).
         """
-        return conv2d(
-            x_t,
-            kernel,
-            strides=self.strides,
-            padding=self.padding,
-            dilation=self.dilation,
-            dtype=self.dtype,
-            im2col=not self._transposable,
-        )
+        return self._conv(x_t, kernel, im2col=not self._transposable)
 
     def transpose(self, dz: Array, kernel: Array, x_t: Array) -> Array:
         """∂/∂x_t of `step` (linear in x_t): a forward convolution where one can express it."""
@@ -395,23 +406,15 @@ def frame_recurrence(spec: _Recurrence, conv: _InputConv, frames, kernel, bias, 
     `spec.remat` only h and c are kept for it and each step's gates are recomputed from x_t and h_{t-1}:
     one more forward for a third of the memory. Without, the gate pre-activations z are kept too.
     """
-    hs, cs, _ = _forward_scan_frames(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0)
+    hs, cs, _ = _frame_scan(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0, keep_z=False)
     return hs, cs[-1]
 
 
-def _forward_scan_frames(
-    spec: _Recurrence, conv: _InputConv, frames, kernel, bias, recurrent_kernel, h0, c0, keep_z=False
-):
-    """Returns hs, cs and (if `keep_z`) the pre-activations zs of the recurrence over time-major frames."""
-
-    def step(carry, x_t):
-        h, c = carry
-        z = conv.step(x_t, kernel) + bias + spec.recurrent_conv(h, recurrent_kernel)
-        h, c = spec.cell(z, c)
-        return (h, c), (h, c, z if keep_z else None)
-
-    _, (hs, cs, zs) = jax.lax.scan(step, (h0, c0), frames, unroll=spec.unroll)
-    return hs, cs, zs
+def _frame_scan(spec: _Recurrence, conv: _InputConv, frames, kernel, bias, recurrent_kernel, h0, c0, keep_z):
+    """`_forward_scan` with each step's input convolution inside the scan."""
+    return _forward_scan(
+        spec, frames, recurrent_kernel, h0, c0, keep_z, input_gates=lambda x_t: conv.step(x_t, kernel) + bias
+    )
 
 
 def _all_frames(conv: _InputConv, frames: Array, kernel: Array) -> Array:
@@ -421,7 +424,7 @@ def _all_frames(conv: _InputConv, frames: Array, kernel: Array) -> Array:
 
 def _frame_recurrence_fwd(spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0):
     # c_{t-1} cannot be recovered from c_t backwards, so the carries are kept (F channels, like h).
-    hs, cs, zs = _forward_scan_frames(
+    hs, cs, zs = _frame_scan(
         spec, conv, frames, kernel, bias, recurrent_kernel, h0, c0, keep_z=not spec.remat
     )
     h_prev = jnp.concatenate([h0[None], hs[:-1]])

@@ -90,32 +90,36 @@ def batches(clips: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
         yield np.asarray(clips[start : start + batch_size])
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apply(model: Any, variables: dict[str, Any], clips: jax.Array) -> jax.Array:
-    # The model is a static argument: equal models (same config) share one compiled program per shape.
-    return model.apply(variables, clips, train=False)
+def _on_local_devices(
+    logits: Callable[[Any, jax.Array], jax.Array],
+    variables: dict[str, Any],
+    split: Callable[[np.ndarray, int], np.ndarray],
+) -> Callable[[np.ndarray], np.ndarray]:
+    """inputs -> flat logits: `logits(variables, inputs)` compiled for the local device, or pmapped over the
+    local devices (e.g. `--cpu_devices`), each getting its share `split(inputs, device_count)[d]`."""
+    devices = jax.local_devices()
+    if len(devices) == 1:
+        variables = jax.device_put(variables)
+        compiled = jax.jit(logits)
+        return lambda inputs: np.asarray(compiled(variables, inputs))
+    replicated = train.replicate(variables, devices)
+    sharded = jax.pmap(logits, devices=devices)
+    return lambda inputs: np.asarray(sharded(replicated, split(inputs, len(devices)))).reshape(-1)
 
 
 def make_apply(model: Any, variables: dict[str, Any]) -> Callable[[np.ndarray], np.ndarray]:
     """A compiled clips -> logits function with the variables already on the device(s).
 
-    With several local devices (e.g. `--cpu_devices`), each batch is split over them; a batch that does not
-    divide is padded and the padding's logits dropped.
+    With several local devices, each batch is split over them; a batch that does not divide is padded and the
+    padding's logits dropped.
     """
-    devices = jax.local_devices()
-    if len(devices) == 1:
-        variables = jax.device_put(variables)
-        return lambda clips: np.asarray(_apply(model, variables, clips))
-    replicated = train.replicate(variables, devices)
-    sharded = jax.pmap(lambda v, clips: model.apply(v, clips, train=False), devices=devices)
 
-    def apply(clips: np.ndarray) -> np.ndarray:
-        count = len(clips)
-        clips = _pad_rows(clips, -count % len(devices))
-        logits = sharded(replicated, clips.reshape(len(devices), -1, *clips.shape[1:]))
-        return np.asarray(logits).reshape(-1)[:count]
+    def split(clips: np.ndarray, count: int) -> np.ndarray:
+        clips = _pad_rows(clips, -len(clips) % count)
+        return clips.reshape(count, -1, *clips.shape[1:])
 
-    return apply
+    apply = _on_local_devices(lambda v, clips: model.apply(v, clips, train=False), variables, split)
+    return lambda clips: apply(clips)[: len(clips)]
 
 
 def _pad_rows(array: np.ndarray, rows: int) -> np.ndarray:
@@ -303,21 +307,13 @@ def make_window_apply(
     Split: device d gets its own consecutive targets and their history (the parts overlap by clip_length − 1
     frames); the window's target count must divide by the device count.
     """
-    devices = jax.local_devices()
-    if len(devices) == 1:
-        variables = jax.device_put(variables)
-        compiled = jax.jit(window_logits)
-        return lambda window: np.asarray(compiled(variables, window))
-    replicated = train.replicate(variables, devices)
-    sharded = jax.pmap(window_logits, devices=devices)
 
-    def apply(window: np.ndarray) -> np.ndarray:
-        per_device = (len(window) - clip_length + 1) // len(devices)
+    def split(window: np.ndarray, count: int) -> np.ndarray:
+        per_device = (len(window) - clip_length + 1) // count
         size = clip_length - 1 + per_device
-        parts = np.stack([window[d * per_device : d * per_device + size] for d in range(len(devices))])
-        return np.asarray(sharded(replicated, parts)).reshape(-1)
+        return np.stack([window[d * per_device : d * per_device + size] for d in range(count)])
 
-    return apply
+    return _on_local_devices(window_logits, variables, split)
 
 
 def predict_recording(
