@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from convlstm_jax import io, parallel
+
 FRAMEWORKS = ('tf_keras', 'keras3-tensorflow', 'keras3-jax', 'keras3-torch', 'convlstm_jax')  # table order
 KERAS3_BACKENDS = {'keras3-tensorflow': 'tensorflow', 'keras3-jax': 'jax', 'keras3-torch': 'torch'}
 FRAMEWORK_PACKAGES = {
@@ -371,7 +373,7 @@ def jax_train_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Call
     variables = train.init_variables(config, seed)
     state = train.create_train_state(config, variables, jax.random.PRNGKey(seed))
     p_train_step = train.make_train_step(config, config.class_weights, devices=devices)
-    return p_train_step, train.replicate(state, devices)
+    return p_train_step, parallel.replicate(state, devices)
 
 
 def jax_infer_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Callable, Any]:
@@ -386,19 +388,17 @@ def jax_infer_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Call
     def infer_step(variables, batch):
         return variables, forward(variables, batch['clips'])
 
-    return infer_step, train.replicate(train.init_variables(config, seed), devices)
+    return infer_step, parallel.replicate(train.init_variables(config, seed), devices)
 
 
 def step_devices(spec: RowSpec) -> list[Any]:
     """The first `spec.devices` local devices; the batch must split evenly over them."""
     import jax
 
-    from convlstm_jax import train
-
     devices = jax.local_devices()[: spec.devices]
     if len(devices) < spec.devices:
         raise ValueError(f'{spec.devices} devices requested, {len(devices)} found: {devices}')
-    train.check_batch_size(spec.batch, spec.devices, name='batch')
+    parallel.check_batch_size(spec.batch, spec.devices, name='batch')
     return devices
 
 
@@ -822,14 +822,6 @@ def header_lines(rows: Sequence[dict[str, Any]], specs: Sequence[RowSpec]) -> li
     return lines
 
 
-def write_json(path: pathlib.Path, rows: Sequence[dict[str, Any]]) -> None:
-    """Atomic: written beside the target, then renamed over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(list(rows), indent=1) + '\n')
-    tmp.replace(path)
-
-
 # ----------------------------------------------------------------------------------------------------------
 # Command line
 
@@ -964,9 +956,7 @@ def worker_main(spec_path: str, result_path: str) -> None:
     fields = json.loads(pathlib.Path(spec_path).read_text())
     spec = RowSpec(**{**fields, 'shape': tuple(fields['shape'])})
     result = run_row(spec)
-    tmp = pathlib.Path(result_path + '.tmp')
-    tmp.write_text(json.dumps(result))
-    tmp.replace(result_path)
+    io.write_json(result_path, result)
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -999,7 +989,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         specs,
         timeout_s=args.row_timeout_s,
         progress=lambda message: print(message, file=sys.stderr, flush=True),
-        on_rows=(lambda rows: write_json(args.json, rows)) if args.json else (lambda rows: None),
+        on_rows=(lambda rows: io.write_json(args.json, list(rows))) if args.json else (lambda rows: None),
     )
     print('\n'.join(header_lines(rows, specs)) + '\n\n' + markdown_table(rows))
     return rows

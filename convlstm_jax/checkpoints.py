@@ -29,6 +29,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from convlstm_jax import io
+
 MODEL_FORMAT = 'convlstm_jax.model/1'
 MODEL_JSON = 'model.json'
 VARIABLES_DIR = 'variables'
@@ -287,16 +289,8 @@ class TrainingCheckpoints:
         self._manager.close()
 
 
-def write_json_atomic(path: str | pathlib.Path, content: Any) -> None:
-    """Writes JSON to a temporary sibling and renames it into place."""
-    path = pathlib.Path(path)
-    tmp = path.parent / f'.{path.name}.tmp-{uuid.uuid4().hex[:8]}'
-    tmp.write_text(json.dumps(content, indent=2, sort_keys=True) + '\n')
-    tmp.replace(path)
-
-
 def write_spec(path: str | pathlib.Path, spec: dict[str, Any]) -> None:
     """Writes a model.json (a training workdir's, beside its checkpoints/)."""
     spec = {'format': MODEL_FORMAT, **{k: v for k, v in spec.items() if k != 'format'}}
     _check_spec(spec, pathlib.Path(path))
-    write_json_atomic(path, spec)
+    io.write_json(path, spec, sort_keys=True)

@@ -19,12 +19,11 @@ import math
 import os
 import pathlib
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from convlstm_jax import distributed, metrics
+from convlstm_jax import distributed, io, metrics, progress
 from convlstm_jax.data import labels as labels_lib
 
 REPORT_FORMAT = 'convlstm_jax.evaluation/1'
@@ -490,49 +489,6 @@ def _plot_lines() -> list[str]:
 # Output
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Calls write(temporary path) in the same folder, then renames it over `path` (readers never see a
-    partial file); the file is made world-readable (mkstemp creates it private)."""
-    path = pathlib.Path(path)
-    handle, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-    os.close(handle)
-    try:
-        write(temp_name)
-        os.chmod(temp_name, 0o644)
-        os.replace(temp_name, path)
-    except BaseException:
-        pathlib.Path(temp_name).unlink(missing_ok=True)
-        raise
-
-
-def write_text(path: pathlib.Path, text: str) -> None:
-    def write(temp_name: str) -> None:
-        pathlib.Path(temp_name).write_text(text, encoding='utf-8')
-
-    write_atomic(path, write)
-
-
-def write_json(path: pathlib.Path, content: dict) -> None:
-    write_text(path, json.dumps(content, indent=2, allow_nan=False, default=_json_default) + '\n')
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f'cannot write {type(value).__name__} to JSON')
-
-
-def _json_safe(value):
-    """NaN rates (a class absent) become null, so metrics.json stays strict JSON."""
-    if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(item) for item in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def write_outputs(
     out_dir: str | os.PathLike,
     report: dict,
@@ -555,8 +511,8 @@ def write_outputs(
     }
     for file, make_figure in plotters.items():
         visualize.save_figure(make_figure(), out / file)
-    write_json(out / 'metrics.json', _json_safe(report))
-    write_text(out / 'report.md', markdown)
+    io.write_json(out / 'metrics.json', report)
+    io.write_text(out / 'report.md', markdown)
     return out
 
 
@@ -653,14 +609,13 @@ def resolve_data_config(checkpoint: str | os.PathLike, spec: dict, overrides: Se
 
 def predict_split(model, variables: dict, split, data_config, *, batch_size: int) -> np.ndarray:
     """Probabilities for every sample of `split`, in order, through the eval pipeline and a jitted apply."""
-    from tqdm import tqdm
 
     from convlstm_jax import predict
     from convlstm_jax.data import pipeline
 
     apply = predict.make_apply(model, variables)
     logits, index = [], []
-    with tqdm(total=len(split.samples), unit='clip', desc=f'predict {split.name}') as bar:
+    with progress.bar(total=len(split.samples), unit='clip', desc=f'predict {split.name}') as bar:
         batches = pipeline.eval_batches(
             split,
             global_batch=batch_size,

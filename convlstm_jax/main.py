@@ -38,12 +38,12 @@ def main(argv: list[str]) -> None:
 
     import jax
 
-    from convlstm_jax import checkpoints, train
+    from convlstm_jax import io, train
 
     workdir = pathlib.Path(_WORKDIR.value).absolute()
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        checkpoints.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
+        io.write_json(workdir / 'config.json', json.loads(config.to_json()), sort_keys=True)
     logging.info('config:\n%s', config)
     try:
         summary = train.train_and_evaluate(config, workdir)

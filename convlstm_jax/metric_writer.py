@@ -8,12 +8,13 @@ encoded here by hand (wire format: https://protobuf.dev/programming-guides/encod
 from __future__ import annotations
 
 import json
-import math
 import pathlib
 import socket
 import struct
 import time
 from typing import Any
+
+from convlstm_jax import io
 
 
 class MetricWriter:
@@ -32,7 +33,7 @@ class MetricWriter:
         """`record` has 'step' and 'split'; other numbers become TensorBoard scalars named 'split/key'."""
         if not self._enabled:
             return
-        record = {key: jsonable(value) for key, value in record.items()}
+        record = {key: io.jsonable(value) for key, value in record.items()}
         self._jsonl.write(json.dumps(record) + '\n')
         self._jsonl.flush()
         scalars = {
@@ -48,17 +49,6 @@ class MetricWriter:
         if self._enabled:
             self._jsonl.close()
             self._events.close()
-
-
-def jsonable(value: Any) -> Any:
-    """numpy scalars become Python numbers; NaN and Inf become None (JSON has neither)."""
-    if hasattr(value, 'item') and getattr(value, 'ndim', 1) == 0:
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: jsonable(v) for key, v in value.items()}
-    return value
 
 
 class EventFileWriter:

@@ -22,21 +22,19 @@ from __future__ import annotations
 import argparse
 import csv
 import functools
-import io
+import io as stdlib_io
 import math
-import os
 import pathlib
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm import tqdm
 
-from convlstm_jax import checkpoints, distributed, train
+from convlstm_jax import checkpoints, distributed, io, parallel
+from convlstm_jax import progress as progress_lib
 from convlstm_jax.data import clips as clip_slicing
 from convlstm_jax.data import sources
 from convlstm_jax.models import build_model
@@ -102,7 +100,7 @@ def _on_local_devices(
         variables = jax.device_put(variables)
         compiled = jax.jit(logits)
         return lambda inputs: np.asarray(compiled(variables, inputs))
-    replicated = train.replicate(variables, devices)
+    replicated = parallel.replicate(variables, devices)
     sharded = jax.pmap(logits, devices=devices)
     return lambda inputs: np.asarray(sharded(replicated, split(inputs, len(devices)))).reshape(-1)
 
@@ -163,7 +161,7 @@ def _run_batches(
 ) -> np.ndarray:
     """The first `count` logits of apply(inputs) for each (inputs, count), concatenated; a progress bar."""
     outputs = []
-    with tqdm(total=total, unit='clip', desc='predict', disable=not progress) as bar:
+    with progress_lib.bar(total=total, unit='clip', desc='predict', disable=not progress) as bar:
         for inputs, count in batches_iter:
             outputs.append(apply(inputs)[:count])
             bar.update(count)
@@ -204,21 +202,7 @@ def _check_range(batch: np.ndarray) -> None:
 
 def save_atomic(path: str | pathlib.Path, array: np.ndarray) -> None:
     """np.save to a temporary file beside `path`, then rename it into place."""
-    write_atomic(path, lambda f: np.save(f, array))
-
-
-def write_atomic(path: str | pathlib.Path, write: Callable[[IO[bytes]], Any]) -> None:
-    """Calls write(file) on a temporary file beside `path`, then renames it into place."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    io.write_atomic(path, lambda f: np.save(f, array))
 
 
 def predict_clips_file(
@@ -390,7 +374,7 @@ def write_predictions_csv(path: str | pathlib.Path, probabilities: np.ndarray) -
     """frame,probability per frame, atomically; the probability is empty where it is NaN (no full clip)."""
 
     def write(binary: IO[bytes]) -> None:
-        text = io.TextIOWrapper(binary, encoding='utf-8', newline='')
+        text = stdlib_io.TextIOWrapper(binary, encoding='utf-8', newline='')
         writer = csv.writer(text)
         writer.writerow(['frame', 'probability'])
         # '.9g' round-trips a float32 exactly.
@@ -400,7 +384,7 @@ def write_predictions_csv(path: str | pathlib.Path, probabilities: np.ndarray) -
         text.flush()
         text.detach()  # the caller closes the binary file
 
-    write_atomic(path, write)
+    io.write_atomic(path, write)
 
 
 def plot_predictions(
@@ -426,7 +410,7 @@ def plot_predictions(
         top = axes.secondary_xaxis('top', functions=(lambda f: f / fps, lambda s: s * fps))
         top.set_xlabel('time (s)')
     axes.legend(loc='upper right', fontsize=8)
-    write_atomic(path, lambda f: figure.savefig(f, format='png', dpi=120))
+    io.write_atomic(path, lambda f: figure.savefig(f, format='png', dpi=120))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,15 +26,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 from jax import lax
 
-from convlstm_jax import checkpoints, distributed, metrics, models
+from convlstm_jax import checkpoints, distributed, io, metrics, models, progress
 from convlstm_jax.data import dataset, pipeline
 from convlstm_jax.data import labels as labels_lib
-from convlstm_jax.metric_writer import MetricWriter, jsonable
+from convlstm_jax.metric_writer import MetricWriter
+from convlstm_jax.parallel import AXIS, check_batch_size, replicate, unreplicate
 
-AXIS = 'batch'
 PyTree = Any
 
 
@@ -166,23 +165,6 @@ def state_from_items(variables: dict, train_state: dict) -> TrainState:
         step=train_state['step'],
         rng=train_state['rng'],
     )
-
-
-def replicate(tree: PyTree, devices: Sequence[Any]) -> PyTree:
-    """One copy per device along a new leading axis, placed as the pmapped step places its outputs.
-
-    A host array would also work, but its other sharding would make the second step compile again.
-    """
-    sharding = jax.sharding.NamedSharding(
-        jax.sharding.Mesh(np.asarray(devices), (AXIS,)), jax.sharding.PartitionSpec(AXIS)
-    )
-    stacked = jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))), tree)
-    return jax.device_put(stacked, sharding)
-
-
-def unreplicate(tree: PyTree) -> PyTree:
-    """The host copy of device 0's replica (all replicas are equal)."""
-    return jax.device_get(jax.tree.map(lambda x: x[0], tree))
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -385,18 +367,6 @@ class StopRequest:
 # The loop
 
 
-def check_batch_size(batch_size: int, device_count: int, name: str = 'batch_size') -> None:
-    """A global batch must split evenly over the devices; name the nearest sizes that do."""
-    if batch_size < 1 or batch_size % device_count:
-        lower = max(device_count, batch_size // device_count * device_count)
-        upper = (batch_size // device_count + 1) * device_count
-        sizes = sorted({lower, upper})
-        raise ValueError(
-            f'{name}={batch_size} is not divisible by the {device_count} devices; '
-            f'the nearest valid sizes are {" and ".join(map(str, sizes))}'
-        )
-
-
 def check_finite(tree: PyTree, what: str) -> None:
     bad = [
         param_path(p) for p, x in jax.tree_util.tree_flatten_with_path(tree)[0] if not np.all(np.isfinite(x))
@@ -566,7 +536,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         manager.close()
         writer.close()
     if is_writer:
-        checkpoints.write_json_atomic(workdir / 'summary.json', jsonable(summary))
+        io.write_json(workdir / 'summary.json', summary, sort_keys=True)
     return summary
 
 
@@ -613,7 +583,7 @@ class _Loop:
             flips=config.data.flips,
             **_pipeline_options(config),
         )
-        bar = tqdm.tqdm(
+        bar = progress.bar(
             total=self.steps_per_epoch,
             initial=first,
             desc=f'epoch {epoch + 1}/{config.num_epochs}',
@@ -683,7 +653,7 @@ class _Loop:
         self.evaluations.append({'step': step, **result})
         self.writer.write({'step': step, 'split': 'validation', **result})
         if jax.process_index() == 0:
-            tqdm.tqdm.write(_eval_line(step, result))
+            progress.write(_eval_line(step, result))
         self._save(state, step, result, train_metrics)
 
     def _save(self, state, step: int, result: dict | None, train_metrics: _TrainMetrics) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from convlstm_jax import metrics
+from convlstm_jax import io, metrics
 
 if TYPE_CHECKING:
     from convlstm_jax.evaluate import Predictor, ScoredFrames
@@ -30,14 +30,11 @@ if TYPE_CHECKING:
 
 def save_figure(figure: Figure, path: str | os.PathLike) -> pathlib.Path:
     """Writes a PNG atomically (temporary file in the same folder, then rename)."""
-    from convlstm_jax.evaluate import write_atomic
 
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    write_atomic(
-        path, lambda temp_name: figure.savefig(temp_name, format='png', dpi=110, bbox_inches='tight')
-    )
+    io.write_atomic(path, lambda f: figure.savefig(f, format='png', dpi=110, bbox_inches='tight'))
     return path
 
 

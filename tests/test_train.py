@@ -17,7 +17,7 @@ import optax
 import pytest
 
 from configs import one_layer, two_layer
-from convlstm_jax import train
+from convlstm_jax import parallel, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Reduced clip for the parity runs: (T, H, W, C); the 2-layer model ends on a 3×4 map.
@@ -52,13 +52,13 @@ def _run_jax(config, variables, batches, devices):
     class_weights = train.resolve_class_weights(config.class_weights, np.zeros(1))
     p_step = train.make_train_step(config, class_weights, devices=devices)
     state = train.create_train_state(config, variables, np.asarray(jax.random.PRNGKey(0)))
-    state = train.replicate(state, devices)
+    state = parallel.replicate(state, devices)
     losses = []
     for clips, labels in batches:
         shard = lambda x: x.reshape(len(devices), -1, *x.shape[1:])  # noqa: E731
         state, metrics = p_step(state, {'clips': shard(clips), 'labels': shard(labels)})
         losses.append(float(metrics['loss'][0]))
-    return losses, train.unreplicate(state)
+    return losses, parallel.unreplicate(state)
 
 
 def _keras_model(config, variables):
@@ -211,11 +211,11 @@ def test_class_weights_auto_is_the_2021_rule():
 
 
 def test_batch_size_not_divisible_names_the_nearest_valid_sizes():
-    train.check_batch_size(8, 4)
+    parallel.check_batch_size(8, 4)
     with pytest.raises(ValueError, match='batch_size=6 is not divisible by the 4 devices; .* 4 and 8'):
-        train.check_batch_size(6, 4)
+        parallel.check_batch_size(6, 4)
     with pytest.raises(ValueError, match='eval_batch_size=3 .* 8'):
-        train.check_batch_size(3, 8, 'eval_batch_size')
+        parallel.check_batch_size(3, 8, 'eval_batch_size')
 
 
 def test_architecture_mismatch_names_both():

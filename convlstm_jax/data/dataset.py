@@ -214,11 +214,11 @@ def _write_arrays(
     *,
     progress: bool,
 ) -> dict[str, dict]:
-    from tqdm import tqdm
+    from convlstm_jax import progress as progress_lib
 
     total = sum(r.num_frames for split in recordings.values() for r in split)
     info = {}
-    with tqdm(total=total, unit='frame', desc='preparing frames', disable=not progress) as bar:
+    with progress_lib.bar(total=total, unit='frame', desc='preparing frames', disable=not progress) as bar:
         for split, split_recordings in recordings.items():
             info[split] = _write_split(staging, split, split_recordings, data, horizon, bar)
     return info

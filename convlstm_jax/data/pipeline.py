@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
-import json
 import math
-import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -32,6 +30,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from convlstm_jax import io
+from convlstm_jax import progress as progress_bars
 from convlstm_jax.data import clips as clips_lib
 from convlstm_jax.data.dataset import Split
 
@@ -345,7 +345,6 @@ def benchmark(
     `clips_per_cpu_s` divides by the CPU time of all the process's threads: on a shared machine it says what
     the pipeline costs when the wall-clock rate only says how busy the neighbours are.
     """
-    from tqdm import tqdm
 
     _check_positive('warmup_steps', warmup_steps)
     length = clips_lib.clip_length(time_steps, frames_per_step)
@@ -369,7 +368,9 @@ def benchmark(
         for _ in range(warmup_steps):  # The clock starts once the pipeline is warm.
             next(batches)
         warm, warm_cpu = time.perf_counter(), time.process_time()
-        progress = tqdm(batches, total=num_steps - warmup_steps, desc=backend, unit='batch', file=sys.stderr)
+        progress = progress_bars.bar(
+            batches, total=num_steps - warmup_steps, desc=backend, unit='batch', file=sys.stderr
+        )
         timed_clips = sum(batch for _ in progress)
         seconds, cpu_seconds = time.perf_counter() - warm, time.process_time() - warm_cpu
         rows.append(
@@ -420,14 +421,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cells = [row['backend'], *rates, row['batch'], '×'.join(map(str, row['shape'])), row['num_frames']]
         print('| ' + ' | '.join(map(str, [*cells, f'{row["startup_s"]:.1f}'])) + ' |')
     if args.json:
-        _write_json_atomic(args.json, rows)
-
-
-def _write_json_atomic(path: str, payload: Any) -> None:
-    tmp = f'{path}.tmp{os.getpid()}'
-    with open(tmp, 'w') as f:
-        json.dump(payload, f, indent=1)
-    os.replace(tmp, path)
+        io.write_json(args.json, rows)
 
 
 if __name__ == '__main__':
