@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from convlstm_jax import io, parallel
+from convlstm_jax import io
 
 FRAMEWORKS = ('tf_keras', 'keras3-tensorflow', 'keras3-jax', 'keras3-torch', 'convlstm_jax')  # table order
 KERAS3_BACKENDS = {'keras3-tensorflow': 'tensorflow', 'keras3-jax': 'jax', 'keras3-torch': 'torch'}
@@ -368,7 +368,7 @@ def jax_train_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Call
     """`convlstm_jax.train`'s pmapped training step over `devices`, and its initial state on them."""
     import jax
 
-    from convlstm_jax import train
+    from convlstm_jax import parallel, train
 
     variables = train.init_variables(config, seed)
     state = train.create_train_state(config, variables, jax.random.PRNGKey(seed))
@@ -380,7 +380,7 @@ def jax_infer_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Call
     """The forward pass (BatchNorm in inference mode) pmapped over `devices`, and the model's variables."""
     import jax
 
-    from convlstm_jax import models, train
+    from convlstm_jax import models, parallel, train
 
     model = models.build_model(config.model)
     forward = jax.pmap(lambda variables, clips: model.apply(variables, clips, train=False), devices=devices)
@@ -394,6 +394,8 @@ def jax_infer_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Call
 def step_devices(spec: RowSpec) -> list[Any]:
     """The first `spec.devices` local devices; the batch must split evenly over them."""
     import jax
+
+    from convlstm_jax import parallel
 
     devices = jax.local_devices()[: spec.devices]
     if len(devices) < spec.devices:
