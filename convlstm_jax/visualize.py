@@ -1,11 +1,11 @@
-"""Pictures: the evaluation plots, and a look inside the ConvLSTM for one clip.
+"""A look inside the ConvLSTM for one clip (the evaluation's plots live in convlstm_jax/evaluate/plots.py).
 
     python -m convlstm_jax.visualize --checkpoint DIR --split test --t INDEX --out FILE.png
 
 draws, for the clip ending at frame t, its input time-channels, and per time step the gates i, f, c̃, o,
 the cell state and the hidden state of chosen channels of each ConvLSTM layer, and the saliency (gradient
-of the logit with respect to the input). Figures are drawn with matplotlib's object API on the Agg canvas,
-so nothing here touches pyplot's global state or needs a display.
+of the logit with respect to the input). Figures are drawn with matplotlib's object API on the Agg canvas
+(convlstm_jax/plotting.py), so nothing here touches pyplot's global state or needs a display.
 """
 
 from __future__ import annotations
@@ -16,140 +16,13 @@ import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from convlstm_jax import io, metrics
-
-if TYPE_CHECKING:
-    from convlstm_jax.evaluate import Predictor, ScoredFrames
-
-
-def save_figure(figure: Figure, path: str | os.PathLike) -> pathlib.Path:
-    """Writes a PNG atomically (temporary file in the same folder, then rename)."""
-
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(figure)
-    io.write_atomic(path, lambda f: figure.savefig(f, format='png', dpi=110, bbox_inches='tight'))
-    return path
-
-
-def _plottable(predictors: Sequence[Predictor]) -> list[Predictor]:
-    """Probability-valued predictors that are not constant (all-negative has no curve worth drawing)."""
-    return [p for p in predictors if p.probabilities and np.ptp(p.scores) > 0]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Evaluation plots
-
-
-def roc_figure(scored: ScoredFrames, predictors: Sequence[Predictor], results: dict[str, dict]) -> Figure:
-    figure = Figure(figsize=(6.4, 6.0))
-    ax = figure.subplots()
-    for predictor in predictors:
-        fpr, tpr, _ = metrics.roc_curve(scored.labels, predictor.scores)
-        r = results[predictor.name]
-        (line,) = ax.plot(fpr, tpr, lw=1.4, label=f'{predictor.name} (AUC {r["auc"]:.3f})')
-        ax.plot(r['youden']['fpr'], r['youden']['tpr'], 'o', color=line.get_color(), ms=5)
-    ax.plot([0, 1], [0, 1], ':', color='grey', lw=1)
-    ax.set(xlabel='false positive rate', ylabel='true positive rate', xlim=(0, 1), ylim=(0, 1.01))
-    ax.set_title(f'ROC on {scored.split} ({len(scored.frames)} frames)')
-    ax.legend(loc='lower right', fontsize=8)
-    ax.grid(alpha=0.3)
-    return figure
-
-
-def thresholds_figure(
-    scored: ScoredFrames, predictors: Sequence[Predictor], results: dict[str, dict]
-) -> Figure:
-    shown = _plottable(predictors)
-    figure = Figure(figsize=(6.4, 2.6 * max(len(shown), 1)))
-    axes = np.atleast_1d(figure.subplots(max(len(shown), 1), 1, squeeze=False)[:, 0])
-    for ax, predictor in zip(axes, shown, strict=False):
-        curves = metrics.accuracy_and_j_curves(scored.labels, predictor.scores)
-        ax.plot(curves['threshold'], curves['accuracy'], label='accuracy')
-        ax.plot(curves['threshold'], curves['j'], label='Youden J')
-        r = results[predictor.name]
-        for rule, color in (('max_accuracy', 'C0'), ('youden', 'C1')):
-            ax.axvline(
-                r[rule]['threshold'],
-                ls='--',
-                color=color,
-                lw=1,
-                label=f'{rule} (from {r[rule]["chosen_on"]})',
-            )
-        ax.set(xlim=(0, 1), ylim=(0, 1), ylabel=predictor.name)
-        ax.legend(fontsize=7, loc='best')
-        ax.grid(alpha=0.3)
-    axes[-1].set_xlabel(f'threshold (score ≥ threshold is positive), scored on {scored.split}')
-    return figure
-
-
-def timeline_figure(
-    scored: ScoredFrames,
-    predictors: Sequence[Predictor],
-    results: dict[str, dict],
-    window: int = 600,
-    start: int | None = None,
-) -> Figure:
-    """ỹ (top) and the predictions (bottom) over `window` frames from `start` (default: the first scored
-    frame), frames labelled positive shaded in both."""
-    start = int(scored.frames[0]) if start is None else start
-    in_window = (scored.frames >= start) & (scored.frames < start + window)
-    if not in_window.any():
-        raise ValueError(f'no scored frame in the window {start} … {start + window - 1}')
-    frames = scored.frames[in_window]
-    positive = scored.labels[in_window] == 1
-    figure = Figure(figsize=(12, 5.5))
-    top, bottom = figure.subplots(2, 1, sharex=True)
-    top.plot(frames, scored.y_tilde[frames], color='black', lw=1)
-    top.set_ylabel('ỹ (speed proxy)')
-    top.set_title(
-        f'{scored.split}: frames {frames[0]} … {frames[-1]}; shaded: label 1 (burst within the horizon)'
-    )
-    for predictor in _plottable(predictors):
-        (line,) = bottom.plot(frames, predictor.scores[in_window], lw=1, label=predictor.name)
-        if predictor.kind == 'model':
-            threshold = results[predictor.name]['youden']['threshold']
-            bottom.axhline(threshold, color=line.get_color(), ls='--', lw=0.8)
-    bottom.set(ylabel='ŷ (probability)', xlabel='frame t', ylim=(-0.02, 1.02))
-    bottom.legend(fontsize=8, loc='upper right')
-    for ax in (top, bottom):
-        ax.fill_between(
-            frames, 0, 1, where=positive, transform=ax.get_xaxis_transform(), color='C3', alpha=0.2, lw=0
-        )
-        ax.grid(alpha=0.3)
-    return figure
-
-
-def histogram_figure(scored: ScoredFrames, predictors: Sequence[Predictor]) -> Figure:
-    shown = _plottable(predictors)
-    figure = Figure(figsize=(6.4, 2.4 * max(len(shown), 1)))
-    axes = np.atleast_1d(figure.subplots(max(len(shown), 1), 1, squeeze=False)[:, 0])
-    bins = np.linspace(0, 1, 51)
-    for ax, predictor in zip(axes, shown, strict=False):
-        for label, color in ((0, 'C0'), (1, 'C3')):
-            values = predictor.scores[scored.labels == label]
-            ax.hist(
-                values,
-                bins=bins,
-                density=True,
-                alpha=0.5,
-                color=color,
-                label=f'label {label} ({len(values)})',
-            )
-        ax.set_ylabel(predictor.name, fontsize=8)
-        ax.legend(fontsize=7)
-    axes[-1].set_xlabel(f'ŷ on {scored.split} (density per class)')
-    return figure
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Inside the ConvLSTM: gates, states and saliency for one clip
+from convlstm_jax import model_data
+from convlstm_jax.plotting import save_figure
 
 GATE_ROWS = ('i', 'f', 'c̃', 'o', 'c', 'h')  # input, forget, candidate, output gates; cell and hidden state
 
@@ -335,13 +208,12 @@ def visualize(
     overrides: Sequence[str] = (),
 ) -> pathlib.Path:
     """Draws the clip ending at frame t of `split` through the model of `checkpoint` into a PNG."""
-    from convlstm_jax import checkpoints, evaluate, models
+    from convlstm_jax import checkpoints, models
     from convlstm_jax.data import clips, dataset
 
-    if split not in evaluate.SPLIT_NAMES:
-        raise ValueError(f'unknown split {split!r}: expected one of {", ".join(evaluate.SPLIT_NAMES)}')
+    model_data.check_split_name(split)
     spec, variables = checkpoints.load_model(checkpoint, select=select)
-    data_config = evaluate.resolve_data_config(checkpoint, spec, overrides)
+    data_config = model_data.resolve_data_config(checkpoint, spec, overrides)
     splits = dataset.load_splits(data_config)
     if split not in splits:
         raise ValueError(f'the data has no split {split!r}: found {sorted(splits)}')
@@ -362,7 +234,8 @@ def visualize(
     return save_figure(figure, out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """(the options, the --config.data.FIELD=VALUE overrides): the one reader of the command line."""
     parser = argparse.ArgumentParser(
         prog='python -m convlstm_jax.visualize',
         description='Gates, states and saliency of a ConvLSTM for the clip ending at one frame.',
@@ -374,26 +247,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         '--select', default='best_auc', help='step of a workdir: best_auc | best_loss | latest'
     )
-    parser.add_argument('--split', default='test')
+    parser.add_argument('--split', default='test', help='split the frame belongs to (default: test)')
     parser.add_argument('--t', type=int, required=True, help='target frame index of the clip')
     parser.add_argument('--out', required=True, help='PNG to write')
     parser.add_argument('--channels', default='0,1', help='comma-separated channels of each layer to show')
     parser.add_argument('--max_columns', type=int, default=10, help='time steps shown, spread evenly')
     args, rest = parser.parse_known_args(argv)
-    unknown = [arg for arg in rest if not arg.startswith('--config.data.')]
+    unknown = [arg for arg in rest if not arg.startswith(model_data.OVERRIDE_PREFIX)]
     if unknown:
         parser.error(f'unrecognized arguments: {" ".join(unknown)}')
     try:
-        channels = [int(c) for c in args.channels.split(',') if c.strip()]
+        args.channels = [int(c) for c in args.channels.split(',') if c.strip()]
+    except ValueError:
+        parser.error(f'--channels: expected comma-separated integers such as 0,1, found {args.channels!r}')
+    return args, rest
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args, overrides = parse_args(argv)
+    try:
         path = visualize(
             args.checkpoint,
             args.out,
             split=args.split,
             t=args.t,
             select=args.select,
-            channels=channels,
+            channels=args.channels,
             max_columns=args.max_columns,
-            overrides=rest,
+            overrides=overrides,
         )
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)

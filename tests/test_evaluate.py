@@ -1,4 +1,4 @@
-"""evaluate.py: the 2021 table reproduced, thresholds chosen on another split, outputs, bad input."""
+"""The evaluate package: the 2021 table reproduced, thresholds chosen on another split, outputs, bad input."""
 
 from __future__ import annotations
 
@@ -8,10 +8,13 @@ import pathlib
 import numpy as np
 import pytest
 
-from convlstm_jax import evaluate, metrics
+from convlstm_jax import metrics, model_data
 from convlstm_jax.data import labels as labels_lib
+from convlstm_jax.evaluate import cli, core, reference
+from convlstm_jax.evaluate import model as model_evaluation
+from convlstm_jax.evaluate import report as report_lib
 
-FAST = evaluate.BootstrapOptions(block_length=240, num_resamples=20, seed=0)
+FAST = core.BootstrapOptions(block_length=240, num_resamples=20, seed=0)
 PLOTS = ('roc.png', 'thresholds.png', 'timeline.png', 'histogram.png')
 
 
@@ -20,7 +23,7 @@ def reference_run(
     reference_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[dict, pathlib.Path]:
     out = tmp_path_factory.mktemp('reference_report')
-    return evaluate.reference_report(reference_dir, out, FAST), out
+    return report_lib.reference_report(reference_dir, out, FAST), out
 
 
 def test_reference_reproduces_the_published_table(reference_run: tuple[dict, pathlib.Path]) -> None:
@@ -34,7 +37,7 @@ def test_reference_reproduces_the_published_table(reference_run: tuple[dict, pat
     }
     assert not mismatches
     snowflake = published['predictors']['upbeat-snowflake-91']
-    baseline = published['predictors'][evaluate.BASELINE_2021]
+    baseline = published['predictors'][core.BASELINE_2021]
     # The headline figures to 3 decimals (published values are truncated: ±0.002).
     assert snowflake['auc'] == pytest.approx(0.830, abs=0.002)
     assert baseline['auc'] == pytest.approx(0.838, abs=0.002)
@@ -61,10 +64,10 @@ def test_reference_thresholds_never_come_from_the_scored_split(
 ) -> None:
     report, _ = reference_run
     for name, result in report['predictors'].items():
-        for rule in evaluate.THRESHOLD_RULES:
+        for rule in core.THRESHOLD_RULES:
             chosen_on = result[rule]['chosen_on']
             if result['kind'] == 'model':  # only the labelled 2021 case may use test
-                assert chosen_on == evaluate.CHOSEN_ON_TEST_2021, name
+                assert chosen_on == reference.CHOSEN_ON_TEST_2021, name
             else:
                 assert chosen_on == 'validation', name
     # The baseline's Youden threshold is the one validation gives.
@@ -72,7 +75,7 @@ def test_reference_thresholds_never_come_from_the_scored_split(
     val_labels = np.load(reference_dir / 'targets/validation/Y_label.npy')
     frames = np.arange(119, len(val_y_tilde) - 47 + 1)
     expected = metrics.youden(val_labels[frames], labels_lib.baseline_probability(val_y_tilde)[frames])
-    assert report['predictors'][evaluate.BASELINE_2021]['youden']['threshold'] == expected['threshold']
+    assert report['predictors'][core.BASELINE_2021]['youden']['threshold'] == expected['threshold']
 
 
 def test_reference_outputs_are_written(reference_run: tuple[dict, pathlib.Path]) -> None:
@@ -91,7 +94,7 @@ def test_reference_outputs_are_written(reference_run: tuple[dict, pathlib.Path])
     content = json.loads((out / 'metrics.json').read_text(), parse_constant=reject)
     for result in content['predictors'].values():
         assert {'auc', 'auc_ci', 'max_accuracy', 'youden'} <= set(result)
-        for rule in evaluate.THRESHOLD_RULES:
+        for rule in core.THRESHOLD_RULES:
             assert {'threshold', 'tpr', 'fpr', 'accuracy', 'chosen_on'} <= set(result[rule])
     report = (out / 'report.md').read_text()
     assert 'only test predictions exist' in report
@@ -99,8 +102,8 @@ def test_reference_outputs_are_written(reference_run: tuple[dict, pathlib.Path])
     assert not list(out.glob('.*tmp')), 'temporary files left behind'
 
 
-def _scored(labels: np.ndarray, split: str) -> evaluate.ScoredFrames:
-    return evaluate.ScoredFrames(split, np.arange(len(labels)), labels, np.zeros(len(labels)))
+def _scored(labels: np.ndarray, split: str) -> core.ScoredFrames:
+    return core.ScoredFrames(split, np.arange(len(labels)), labels, np.zeros(len(labels)))
 
 
 def test_thresholds_come_from_the_selection_split() -> None:
@@ -109,8 +112,8 @@ def test_thresholds_come_from_the_selection_split() -> None:
     test_scores = np.array([0.1, 0.2, 0.3, 0.35, 0.4, 0.5, 0.55, 0.6])
     val_labels = np.array([0, 0, 1, 1])
     val_scores = np.array([0.1, 0.2, 0.25, 0.3])
-    predictor = evaluate.Predictor('m', test_scores, val_scores, kind='model')
-    results = evaluate.score_predictors(
+    predictor = core.Predictor('m', test_scores, val_scores, kind='model')
+    results = core.score_predictors(
         _scored(test_labels, 'test'), [predictor], _scored(val_labels, 'validation'), FAST
     )
     assert results['m']['youden']['threshold'] == 0.25
@@ -119,21 +122,21 @@ def test_thresholds_come_from_the_selection_split() -> None:
 
 
 def test_published_matches_reads_printed_precision() -> None:
-    assert evaluate.published_matches(0.8297, '0.829')  # truncated
-    assert evaluate.published_matches(0.2887, '0.289')  # rounded
-    assert evaluate.published_matches(0.9880, '0.98')  # truncated, 2 decimals
-    assert not evaluate.published_matches(0.8250, '0.829')
+    assert reference.published_matches(0.8297, '0.829')  # truncated
+    assert reference.published_matches(0.2887, '0.289')  # rounded
+    assert reference.published_matches(0.9880, '0.98')  # truncated, 2 decimals
+    assert not reference.published_matches(0.8250, '0.829')
 
 
 def test_cli_reference_mode(reference_dir: pathlib.Path, tmp_path: pathlib.Path, capsys) -> None:
-    code = evaluate.main(['--reference', str(reference_dir), '--out', str(tmp_path), '--num_resamples', '5'])
+    code = cli.main(['--reference', str(reference_dir), '--out', str(tmp_path), '--num_resamples', '5'])
     assert code == 0
     assert (tmp_path / 'report.md').is_file()
     assert 'upbeat-snowflake-91' in capsys.readouterr().out
 
 
 def test_cli_missing_reference_is_a_clear_error(tmp_path: pathlib.Path, capsys) -> None:
-    code = evaluate.main(['--reference', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'out')])
+    code = cli.main(['--reference', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'out')])
     assert code == 2
     assert 'Y_tilde.npy' in capsys.readouterr().err
 
@@ -204,7 +207,7 @@ def tiny_model_dir(saved_tiny_model: pathlib.Path, monkeypatch: pytest.MonkeyPat
 
 def test_model_mode_report(tiny_model_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
     out = tmp_path / 'out'
-    code = evaluate.main(
+    code = cli.main(
         [
             '--checkpoint',
             str(tiny_model_dir),
@@ -223,7 +226,7 @@ def test_model_mode_report(tiny_model_dir: pathlib.Path, tmp_path: pathlib.Path)
     assert content['selection']['split'] == 'validation'
     assert set(content['predictors']) >= {'model', '-y_tilde[t-1]', 'all-negative'}
     for result in content['predictors'].values():
-        for rule in evaluate.THRESHOLD_RULES:
+        for rule in core.THRESHOLD_RULES:
             assert result[rule]['chosen_on'] == 'validation'
     assert content['predictors']['model']['num_samples'] == content['frames']['count']
     for name in PLOTS:
@@ -239,7 +242,7 @@ def test_model_mode_predictions_match_a_direct_apply(tiny_model_dir: pathlib.Pat
     spec, variables = checkpoints.load_model(tiny_model_dir)
     model = models.build_model(spec['model'])
     split = _tiny_split('test', config.data, 60, 5)
-    probs = evaluate.predict_split(model, variables, split, config.data, batch_size=8)
+    probs = model_evaluation.predict_split(model, variables, split, config.data, batch_size=8)
     n, fps = config.data.time_steps, config.data.frames_per_step
     first_clips = np.stack([clips.time_channels(split.frames, int(t), n, fps) for t in split.samples[:3]])
     logits = np.asarray(model.apply(variables, first_clips, train=False))
@@ -250,7 +253,7 @@ def test_model_mode_predictions_match_a_direct_apply(tiny_model_dir: pathlib.Pat
 def test_model_mode_unknown_split_is_a_clear_error(
     tiny_model_dir: pathlib.Path, tmp_path: pathlib.Path, capsys
 ):
-    code = evaluate.main(['--checkpoint', str(tiny_model_dir), '--split', 'testing', '--out', str(tmp_path)])
+    code = cli.main(['--checkpoint', str(tiny_model_dir), '--split', 'testing', '--out', str(tmp_path)])
     assert code == 2
     assert "unknown split 'testing'" in capsys.readouterr().err
 
@@ -261,7 +264,7 @@ def test_model_mode_workdir_without_checkpoint_is_a_clear_error(
     workdir = tmp_path / 'workdir'
     (workdir / 'checkpoints').mkdir(parents=True)
     (workdir / 'model.json').write_text((tiny_model_dir / 'model.json').read_text())
-    code = evaluate.main(['--checkpoint', str(workdir), '--out', str(tmp_path / 'out')])
+    code = cli.main(['--checkpoint', str(workdir), '--out', str(tmp_path / 'out')])
     assert code == 2
     assert 'no checkpoint' in capsys.readouterr().err
 
@@ -270,17 +273,17 @@ def test_data_overrides_must_fit_the_model(tiny_model_dir: pathlib.Path) -> None
     from convlstm_jax import checkpoints
 
     spec = checkpoints.read_spec(tiny_model_dir / 'model.json')
-    config = evaluate.resolve_data_config(tiny_model_dir, spec, ['--config.data.pipeline=numpy'])
+    config = model_data.resolve_data_config(tiny_model_dir, spec, ['--config.data.pipeline=numpy'])
     assert config.pipeline == 'numpy' and config.height == spec['input']['height']
     with pytest.raises(ValueError, match='input contract'):
-        evaluate.resolve_data_config(tiny_model_dir, spec, ['--config.data.height=99'])
+        model_data.resolve_data_config(tiny_model_dir, spec, ['--config.data.height=99'])
     with pytest.raises(ValueError, match='unknown data config field'):
-        evaluate.resolve_data_config(tiny_model_dir, spec, ['--config.data.colour=1'])
+        model_data.resolve_data_config(tiny_model_dir, spec, ['--config.data.colour=1'])
 
 
 def test_model_mode_unknown_select_is_a_clear_error(
     tiny_model_dir: pathlib.Path, tmp_path: pathlib.Path, capsys
 ):
-    code = evaluate.main(['--checkpoint', str(tiny_model_dir), '--select', 'best', '--out', str(tmp_path)])
+    code = cli.main(['--checkpoint', str(tiny_model_dir), '--select', 'best', '--out', str(tmp_path)])
     assert code == 2
     assert "unknown select 'best'" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from test_evaluate import _smoke_config, _tiny_split
 
-from convlstm_jax import visualize
+from convlstm_jax import plotting, visualize
 
 
 def _tiny_model(filters: tuple[int, ...]):
@@ -46,7 +46,7 @@ def test_clip_figure_is_drawn(tmp_path: pathlib.Path) -> None:
     gradient = visualize.saliency(model, variables, clip)
     assert gradient.shape == clip.shape and np.abs(gradient).max() > 0
     figure = visualize.clip_figure(clip, activations, gradient, channels=(1,), title='tiny')
-    path = visualize.save_figure(figure, tmp_path / 'clip.png')
+    path = plotting.save_figure(figure, tmp_path / 'clip.png')
     assert path.stat().st_size > 5000
     with pytest.raises(ValueError, match='cannot show'):
         visualize.clip_figure(clip, activations, gradient, channels=(7,))
