@@ -1,6 +1,6 @@
-"""Figure primitives shared by the commands that draw: PNGs written atomically, axis limits that follow the
-data, frames with a label shaded. Figures use matplotlib's object API on the Agg canvas, so nothing here
-touches pyplot's global state or needs a display."""
+"""Figures shared by the commands that draw: PNGs written atomically, axis limits that follow the data,
+frames with a label shaded, and predict's probability over time. Figures use matplotlib's object API on the
+Agg canvas, so nothing here touches pyplot's global state or needs a display."""
 
 from __future__ import annotations
 
@@ -48,3 +48,24 @@ def shade(ax: Axes, frames: np.ndarray, where: np.ndarray, *, color: str = 'C3',
         lw=0,
         step='mid',
     )
+
+
+def probability_figure(probabilities: np.ndarray, *, fps: float | None = None, title: str = '') -> Figure:
+    """The probability of every frame of a recording over time (frames below; seconds on top when fps is
+    known), the leading frames without a full clip (NaN) shaded. The probability axis spans the values."""
+    figure = Figure(figsize=(10, 3.5), layout='constrained')
+    axes = figure.add_subplot()
+    missing = int(np.isnan(probabilities).argmin())  # the leading frames without a full clip
+    if missing:
+        axes.axvspan(-0.5, missing - 0.5, color='0.88', label=f'no full history (frames 0–{missing - 1})')
+    axes.plot(
+        np.arange(len(probabilities)), probabilities, color='C0', linewidth=0.8, label='burst probability'
+    )
+    axes.set(xlim=(0, max(len(probabilities) - 1, 1)), ylim=span(probabilities))
+    axes.set(xlabel='frame', ylabel='burst probability ŷ')
+    axes.set_title(title, fontsize=9)
+    if fps:
+        top = axes.secondary_xaxis('top', functions=(lambda f: f / fps, lambda s: s * fps))
+        top.set_xlabel('time (s)')
+    axes.legend(loc='upper right', fontsize=8)
+    return figure

@@ -200,11 +200,6 @@ def _check_range(batch: np.ndarray) -> None:
             )
 
 
-def save_atomic(path: str | pathlib.Path, array: np.ndarray) -> None:
-    """np.save to a temporary file beside `path`, then rename it into place."""
-    io.write_atomic(path, lambda f: np.save(f, array))
-
-
 def predict_clips_file(
     checkpoint: str | pathlib.Path,
     clips_path: str | pathlib.Path,
@@ -387,32 +382,6 @@ def write_predictions_csv(path: str | pathlib.Path, probabilities: np.ndarray) -
     io.write_atomic(path, write)
 
 
-def plot_predictions(
-    path: str | pathlib.Path, probabilities: np.ndarray, *, fps: float | None = None, title: str = ''
-) -> None:
-    """PNG of the probability over time (frames; seconds on top when fps is known), the frames without a
-    full clip shaded. Uses the Agg canvas directly: no pyplot, no display needed."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(10, 3.5), layout='constrained')
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    missing = int(np.isnan(probabilities).argmin())  # the leading frames without a full clip
-    if missing:
-        axes.axvspan(-0.5, missing - 0.5, color='0.88', label=f'no full history (frames 0–{missing - 1})')
-    axes.plot(
-        np.arange(len(probabilities)), probabilities, color='C0', linewidth=0.8, label='burst probability'
-    )
-    axes.set(xlim=(0, max(len(probabilities) - 1, 1)), ylim=(0, 1), xlabel='frame', ylabel='probability')
-    axes.set_title(title, fontsize=9)
-    if fps:
-        top = axes.secondary_xaxis('top', functions=(lambda f: f / fps, lambda s: s * fps))
-        top.set_xlabel('time (s)')
-    axes.legend(loc='upper right', fontsize=8)
-    io.write_atomic(path, lambda f: figure.savefig(f, format='png', dpi=120))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog='python -m convlstm_jax.predict',
@@ -456,7 +425,7 @@ def _predict_clips_cli(args: argparse.Namespace) -> None:
     probabilities = predict_clips_file(
         args.checkpoint, args.clips, select=args.select, batch_size=args.batch_size
     )
-    save_atomic(args.out, probabilities)
+    io.write_atomic(args.out, lambda f: np.save(f, probabilities))
     print(f'wrote {args.out}: {len(probabilities)} probabilities, mean {_mean(probabilities)}')
 
 
@@ -472,8 +441,11 @@ def _predict_recording_cli(args: argparse.Namespace) -> None:
         f'frames have no full history: left empty), mean {_mean(predicted)}'
     )
     if args.plot:
+        from convlstm_jax import plotting  # matplotlib only when drawing
+
         title = f'{args.video or args.frames} — {args.checkpoint}'
-        plot_predictions(args.plot, probabilities, fps=recording.fps if args.video else None, title=title)
+        fps = recording.fps if args.video else None
+        plotting.save_figure(plotting.probability_figure(probabilities, fps=fps, title=title), args.plot)
         print(f'wrote {args.plot}')
 
 

@@ -354,6 +354,17 @@ def test_plot_needs_a_recording(model_dir, tmp_path):
     assert exit_info.value.code == 2
 
 
+def test_probability_plot_spans_the_probabilities():
+    from convlstm_jax import plotting
+
+    probabilities = np.r_[np.full(5, np.nan), np.linspace(0.42, 0.47, 20)].astype(np.float32)
+    figure = plotting.probability_figure(probabilities, fps=25.0, title='tiny')
+    axes = figure.axes[0]
+    low, high = axes.get_ylim()
+    assert 0.41 < low < 0.42 and 0.47 < high < 0.48, (low, high)  # not 0 … 1
+    assert axes.get_xlabel() == 'frame' and axes.get_ylabel() == 'burst probability ŷ'
+
+
 def test_cpu_split_into_devices_gives_the_same_predictions(model_dir, video_model_dir, tmp_path):
     """`--cpu_devices 3`: batches of 5 clips (5 + 2, padded to whole devices) and video windows of 5 targets
     (rounded up to 6, two per device; 10 targets: 6 + 4 padded) give the one-device probabilities."""
