@@ -141,6 +141,15 @@ def test_cli_missing_reference_is_a_clear_error(tmp_path: pathlib.Path, capsys) 
     assert 'Y_tilde.npy' in capsys.readouterr().err
 
 
+@pytest.mark.parametrize('option', ['--window', '--num_resamples', '--block_length', '--batch_size'])
+def test_cli_refuses_counts_below_one(option: str, tmp_path: pathlib.Path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(['--reference', str(tmp_path), '--out', str(tmp_path / 'out'), option, '0'])
+    assert exit_info.value.code == 2
+    assert f'{option} must be at least 1, found 0' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Model mode, on a tiny random model and tiny random splits
 

@@ -52,6 +52,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         parser.error(f'unrecognized arguments: {" ".join(unknown)}')
     if overrides and args.reference:
         parser.error('--config.* overrides apply to --checkpoint only')
+    for name in ('batch_size', 'num_resamples', 'block_length', 'window'):
+        if getattr(args, name) < 1:
+            parser.error(f'--{name} must be at least 1, found {getattr(args, name)}')
     return args, overrides
 
 

@@ -205,8 +205,10 @@ def write_outputs(
 ) -> pathlib.Path:
     """report.md, metrics.json and the four plots in out_dir (created if needed)."""
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for file, figure in plots.evaluation_figures(scored, predictors, results, window=window).items():
+    figures = plots.evaluation_figures(
+        scored, predictors, results, window=window
+    )  # may refuse: before writing
+    for file, figure in figures.items():
         save_figure(figure, out / file)
     io.write_json(out / 'metrics.json', report)
     io.write_text(out / 'report.md', markdown)
