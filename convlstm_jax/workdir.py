@@ -19,7 +19,7 @@ import numpy as np
 
 from convlstm_jax import checkpoints, io, models
 
-CONFIG_JSON = 'config.json'
+CONFIG_JSON = checkpoints.WORKDIR_CONFIG
 MODEL_JSON = checkpoints.MODEL_JSON
 CHECKPOINTS_DIR = checkpoints.CHECKPOINTS_DIR
 BROKEN_DIR = checkpoints.BROKEN_DIR
