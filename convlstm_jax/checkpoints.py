@@ -14,16 +14,26 @@ the CheckpointManager stores with each step (`manager.save(step, args=...,
 metrics={'val_loss': ..., 'val_auc': ...})`, which orbax keeps as the step's `metrics` item whenever the
 manager has a `best_fn`); `load_model` reads them back with `CheckpointManager(dir).metrics(step)`, so any
 `best_fn` works. Steps without the metric asked for are not candidates for best_auc / best_loss.
+
+A checkpoint that exists but cannot be read raises `CheckpointError` (a ValueError) whose message is one line
+naming the step and what is unreadable; orbax's own logging about it is held back, as are two warnings orbax
+gives on normal use (a step saved without metrics; an item folder without its own metadata file).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
+import os
 import pathlib
+import re
 import shutil
+import sys
 import uuid
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -35,11 +45,108 @@ MODEL_FORMAT = 'convlstm_jax.model/1'
 MODEL_JSON = 'model.json'
 VARIABLES_DIR = 'variables'
 CHECKPOINTS_DIR = 'checkpoints'
+BROKEN_DIR = 'checkpoints-broken'  # unreadable steps moved aside on resume (workdir.py draws the layout)
+WORKDIR_CONFIG = 'config.json'
 SELECTIONS = ('best_auc', 'best_loss', 'latest')
 # select -> (metric stored with each step, whether larger is better)
 _SELECT_METRIC = {'best_auc': ('val_auc', True), 'best_loss': ('val_loss', False)}
 # uint8 frames are scaled by this inside the model; float clips must already be in [0, 1].
 PIXEL_SCALE = 1 / 255
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that exists but cannot be read: one line names the step and what is unreadable."""
+
+
+_T = TypeVar('_T')
+_ORBAX_PATH = f'{os.sep}orbax{os.sep}'
+
+
+class _OrbaxNoise(logging.Filter):
+    """Drops orbax's warnings about what this module does on purpose, and, while a restore is guarded,
+    everything orbax logs (a failure becomes one CheckpointError line instead)."""
+
+    guarded = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _ORBAX_PATH not in record.pathname:
+            return True
+        if self.guarded:
+            return False
+        if record.msg == 'Requested `tracked_metric`; did not provide metrics.':
+            return False  # steps saved on a stop signal or a timer have no validation metrics
+        if record.msg == 'Metadata file does not exist: %s' and record.args:
+            return pathlib.Path(str(record.args[0])).parent.name not in (VARIABLES_DIR, 'train_state')
+        return True
+
+
+_NOISE = _OrbaxNoise()
+logging.getLogger('absl').addFilter(_NOISE)  # orbax logs through absl's logger
+
+
+def _drop_closed_loop_callbacks(previous: Callable[[Any], None]) -> Callable[[Any], None]:
+    """An unraisable-exception hook that drops "Event loop is closed": when one read of a restore fails,
+    orbax's event loop closes while tensorstore's other reads are in flight, and their completion callbacks,
+    which can no longer reach it, are reported as unraisable. The restore has failed with a clear error."""
+
+    def hook(unraisable: Any) -> None:
+        value = unraisable.exc_value
+        if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
+            return
+        previous(unraisable)
+
+    return hook
+
+
+sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
+
+
+@contextlib.contextmanager
+def _orbax_silenced() -> Iterator[None]:
+    _NOISE.guarded += 1
+    try:
+        yield
+    finally:
+        _NOISE.guarded -= 1
+
+
+def _guarded(where: str, items: dict[str, pathlib.Path], read: Callable[[], _T]) -> _T:
+    """read(), with any failure turned into a one-line CheckpointError naming the item ({name: folder})
+    whose folder the error mentions (all of them where it mentions none)."""
+    try:
+        with _orbax_silenced():
+            return read()
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many types for a bad file)
+        named = [name for name, folder in items.items() if f'{folder}{os.sep}' in str(e)] or list(items)
+        raise CheckpointError(f'{where}: {" or ".join(named)} is unreadable ({_reason(e)})') from None
+
+
+def _reason(error: Exception) -> str:
+    """The useful part of an orbax/tensorstore error: the first line, without the tensorstore spec."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    text = text.split(' [tensorstore_spec', 1)[0]
+    found = re.search(r'of local file "([^"]+)": (.*)', text)
+    if found:
+        text = f'{pathlib.Path(found.group(1)).name}: {found.group(2)}'
+    return text if len(text) <= 200 else text[:197] + '...'
+
+
+def check_item(item_dir: pathlib.Path, where: str) -> None:
+    """The files every orbax item needs, checked before orbax reads them (its own errors say less)."""
+    item = item_dir.name
+    if not item_dir.is_dir():
+        raise CheckpointError(f'{where}: {item}/ is missing')
+    try:
+        json.loads((item_dir / '_METADATA').read_text())
+    except OSError as e:
+        raise CheckpointError(f'{where}: {item}/_METADATA is unreadable ({e.strerror})') from None
+    except ValueError as e:
+        raise CheckpointError(f'{where}: {item}/_METADATA is unreadable (not valid JSON: {e})') from None
+    manifest = item_dir / 'manifest.ocdbt'
+    if manifest.exists() and manifest.stat().st_size == 0:
+        raise CheckpointError(f'{where}: {item}/manifest.ocdbt is unreadable (empty file)')
 
 
 def input_contract(data_config: Any) -> dict[str, Any]:
@@ -100,9 +207,9 @@ def load_model(path: str | pathlib.Path, select: str = 'best_auc') -> tuple[dict
     """
     if select not in SELECTIONS:
         raise ValueError(f'unknown select {select!r}: expected one of {", ".join(SELECTIONS)}')
-    spec_path, variables_path = _resolve(pathlib.Path(path), select)
+    spec_path, variables_path, where = _resolve(pathlib.Path(path), select)
     spec = read_spec(spec_path)
-    return spec, _restore_numpy(variables_path)
+    return spec, _restore_numpy(variables_path, where)
 
 
 def read_spec(path: str | pathlib.Path) -> dict[str, Any]:
@@ -124,18 +231,22 @@ def _check_spec(spec: dict[str, Any], where: pathlib.Path) -> None:
         raise ValueError(f'{where}: model.json lacks the section(s) {missing}')
 
 
-def _resolve(path: pathlib.Path, select: str) -> tuple[pathlib.Path, pathlib.Path]:
-    """(model.json, variables directory) for a model directory, a workdir, or a step directory."""
+def _resolve(path: pathlib.Path, select: str) -> tuple[pathlib.Path, pathlib.Path, str]:
+    """(model.json, variables directory, how errors name it) for a model directory, a workdir, or a step
+    directory."""
     if not path.is_dir():
         raise FileNotFoundError(f'checkpoint {path} does not exist or is not a directory')
     if (path / MODEL_JSON).is_file() and (path / VARIABLES_DIR).is_dir():
-        return path / MODEL_JSON, path / VARIABLES_DIR
+        return path / MODEL_JSON, path / VARIABLES_DIR, f'model directory {path}'
     if (path / MODEL_JSON).is_file() and (path / CHECKPOINTS_DIR).is_dir():
         step = select_step(path / CHECKPOINTS_DIR, select)
-        return path / MODEL_JSON, path / CHECKPOINTS_DIR / str(step) / VARIABLES_DIR
+        where = f'checkpoint step {step} in {path}'
+        return path / MODEL_JSON, path / CHECKPOINTS_DIR / str(step) / VARIABLES_DIR, where
     workdir_spec = path.parent.parent / MODEL_JSON
     if (path / VARIABLES_DIR).is_dir() and path.parent.name == CHECKPOINTS_DIR and workdir_spec.is_file():
-        return workdir_spec, path / VARIABLES_DIR
+        return workdir_spec, path / VARIABLES_DIR, f'checkpoint step {path.name} in {path.parent.parent}'
+    if (path / WORKDIR_CONFIG).is_file() or (path / MODEL_JSON).is_file():
+        raise FileNotFoundError(f'no checkpoint yet in {path}')  # a training run before its first save
     raise ValueError(
         f'{path} is not a model directory (model.json + variables/), a training workdir '
         f'(model.json + checkpoints/) or a step directory of one (checkpoints/<step>/variables)'
@@ -154,7 +265,7 @@ def select_step(checkpoints_dir: str | pathlib.Path, select: str) -> int:
             if (pathlib.Path(checkpoints_dir) / str(s) / VARIABLES_DIR).is_dir()
         ]
         if not steps:
-            raise FileNotFoundError(f'no checkpoint with variables in {checkpoints_dir}')
+            raise FileNotFoundError(f'no checkpoint yet in {pathlib.Path(checkpoints_dir).absolute().parent}')
         if select == 'latest':
             return max(steps)
         metric, larger_is_better = _SELECT_METRIC[select]
@@ -175,14 +286,26 @@ def select_step(checkpoints_dir: str | pathlib.Path, select: str) -> int:
     return max(scored, key=lambda s: (sign * scored[s], s))
 
 
-def _restore_numpy(variables_path: pathlib.Path) -> dict[str, Any]:
+def _restore_numpy(variables_path: pathlib.Path, where: str) -> dict[str, Any]:
     """Restores an orbax pytree as numpy arrays, independent of the devices that saved it."""
+    variables_path = variables_path.absolute()
+    check_item(variables_path, where)
     checkpointer = ocp.PyTreeCheckpointer()
     try:
-        metadata = checkpointer.metadata(variables_path.absolute()).item_metadata.tree
+        items = {f'{VARIABLES_DIR}/': variables_path}
+        metadata = _guarded(where, items, lambda: checkpointer.metadata(variables_path).item_metadata)
+        if metadata is None:  # orbax logs why (held back here) and returns nothing
+            raise CheckpointError(
+                f'{where}: {VARIABLES_DIR}/ is unreadable (orbax cannot read its tree metadata)'
+            )
+        metadata = metadata.tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-        variables = checkpointer.restore(
-            variables_path.absolute(), args=ocp.args.PyTreeRestore(restore_args=restore_args)
+        variables = _guarded(
+            where,
+            items,
+            lambda: checkpointer.restore(
+                variables_path, args=ocp.args.PyTreeRestore(restore_args=restore_args)
+            ),
         )
     finally:
         checkpointer.close()
@@ -206,7 +329,7 @@ class TrainingCheckpoints:
     Steps saved without metrics (a stop signal mid-epoch) are kept only while they are among the latest.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 2):
+    def __init__(self, workdir: str | pathlib.Path, keep: int = 2, *, read_only: bool = False):
         if keep < 1:
             raise ValueError(f'keep_checkpoints must be at least 1, got {keep}')
         policy = ocp.checkpoint_managers
@@ -232,7 +355,8 @@ class TrainingCheckpoints:
             best_fn=lambda m: m['val_auc'],
             best_mode='max',
             enable_async_checkpointing=True,
-            create=True,
+            create=not read_only,
+            read_only=read_only,
         )
         self.directory = pathlib.Path(workdir).absolute() / CHECKPOINTS_DIR
         self._manager = ocp.CheckpointManager(
@@ -269,15 +393,21 @@ class TrainingCheckpoints:
         )
 
     def restore(self, step: int, variables: dict, train_state: dict) -> tuple[dict, dict]:
-        """(variables, train_state) of `step`, shaped like the given templates (numpy arrays)."""
+        """(variables, train_state) of `step`, shaped like the given templates (numpy arrays); a step that
+        cannot be read raises CheckpointError."""
         variables, train_state = jax.tree.map(np.asarray, (variables, train_state))
-        restored = self._manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{
-                    VARIABLES_DIR: ocp.args.StandardRestore(variables),
-                    'train_state': ocp.args.StandardRestore(train_state),
-                }
+        where = f'checkpoint step {step} in {self.directory.parent}'
+        items = {VARIABLES_DIR: variables, 'train_state': train_state}
+        for item in items:
+            check_item(self.directory / str(step) / item, where)
+        restored = _guarded(
+            where,
+            {f'{item}/': self.directory / str(step) / item for item in items},
+            lambda: self._manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{item: ocp.args.StandardRestore(template) for item, template in items.items()}
+                ),
             ),
         )
         return restored[VARIABLES_DIR], restored['train_state']
@@ -287,6 +417,20 @@ class TrainingCheckpoints:
 
     def close(self) -> None:
         self._manager.close()
+
+
+def move_aside(workdir: str | pathlib.Path, step: int) -> pathlib.Path:
+    """Moves an unreadable step out of the managed folder, to WORKDIR/checkpoints-broken/<step>[.N]: kept for
+    inspection, and out of the way of a new save of the same step and of retention. No manager may be open."""
+    workdir = pathlib.Path(workdir)
+    target = workdir / BROKEN_DIR / str(step)
+    number = 1
+    while target.exists():
+        target = target.with_name(f'{step}.{number}')
+        number += 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    (workdir / CHECKPOINTS_DIR / str(step)).rename(target)
+    return target
 
 
 def write_spec(path: str | pathlib.Path, spec: dict[str, Any]) -> None:

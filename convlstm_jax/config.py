@@ -74,6 +74,9 @@ def base_config() -> ml_collections.ConfigDict:
     # `kernel_regularizer` on ConvLSTM2D covers the input kernels only (recurrent_regularizer is separate).
     c.regularized_kernels = ('convlstm_*/kernel',)
     c.checkpoint_every_steps = 0  # 0: checkpoints at evaluations (and on a stop signal) only
+    # Also a checkpoint after this many minutes of training since the last one (0: never), so that a hard kill
+    # (kill -9, out of memory) loses at most that.
+    c.checkpoint_every_minutes = 10.0
     c.eval_every_steps = 0  # 0: evaluate at the end of each epoch only
     c.log_every_steps = 50
     c.keep_checkpoints = 2  # latest N, besides the best by validation loss and by validation AUC

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -101,8 +105,14 @@ def test_load_errors(tmp_path):
         checkpoints.load_model(tmp_path)
     (tmp_path / 'checkpoints').mkdir()
     (tmp_path / 'model.json').write_text(json.dumps({'format': checkpoints.MODEL_FORMAT, **SPEC}))
-    with pytest.raises(FileNotFoundError, match='no checkpoint with variables'):
+    with pytest.raises(FileNotFoundError, match=f'no checkpoint yet in {tmp_path}$'):
         checkpoints.load_model(tmp_path, select='latest')
+
+
+def test_a_workdir_with_a_config_but_no_checkpoint_yet(tmp_path):
+    (tmp_path / 'config.json').write_text('{}')  # a run in its first minutes
+    with pytest.raises(FileNotFoundError, match=f'^no checkpoint yet in {tmp_path}$'):
+        checkpoints.load_model(tmp_path)
 
 
 def test_input_contract_and_model_fields_from_config():
@@ -120,3 +130,83 @@ def test_input_contract_and_model_fields_from_config():
     }
     fields = checkpoints.model_fields(config.model)
     assert fields['filters'] == [16] and json.loads(json.dumps(fields)) == fields
+
+
+def _truncate(path, size):
+    path.write_bytes(path.read_bytes()[:size])
+
+
+def _corrupt_metadata(workdir):
+    _truncate(workdir / 'checkpoints' / '2' / 'variables' / '_METADATA', 20)
+
+
+def _corrupt_manifest(workdir):
+    (workdir / 'checkpoints' / '2' / 'variables' / 'manifest.ocdbt').write_bytes(b'')
+
+
+def _corrupt_data(workdir):
+    for path in (workdir / 'checkpoints' / '2' / 'variables').rglob('*'):
+        if path.is_file() and path.parent.name == 'd':
+            _truncate(path, 5)
+
+
+@pytest.mark.parametrize(
+    'corrupt, unreadable',
+    [
+        (_corrupt_metadata, r'variables/_METADATA is unreadable \(not valid JSON: Unterminated string'),
+        (_corrupt_manifest, r'variables/manifest.ocdbt is unreadable \(empty file\)'),
+        (_corrupt_data, r'variables/ is unreadable \(orbax cannot read its tree metadata\)'),
+    ],
+    ids=['truncated_metadata', 'empty_manifest', 'truncated_data'],
+)
+def test_a_corrupt_checkpoint_is_one_line_naming_the_step_and_what(tmp_path, corrupt, unreadable):
+    workdir = _workdir(
+        tmp_path, [(1, {'val_loss': 0.3, 'val_auc': 0.8}), (2, {'val_loss': 0.2, 'val_auc': 0.9})]
+    )
+    corrupt(workdir)
+    with pytest.raises(
+        checkpoints.CheckpointError, match=f'^checkpoint step 2 in {workdir}: {unreadable}'
+    ) as e:
+        checkpoints.load_model(workdir)
+    assert isinstance(e.value, ValueError) and '\n' not in str(e.value)
+    assert e.value.__cause__ is None and (e.value.__context__ is None or e.value.__suppress_context__)
+    assert (
+        _kernel_value(checkpoints.load_model(workdir / 'checkpoints' / '1')[1]) == 1
+    )  # the other step is fine
+
+
+_LOAD_CORRUPT = textwrap.dedent(
+    """
+    import sys
+    from convlstm_jax import checkpoints
+    for _ in range(5):  # the asyncio noise came from a race: try it a few times
+        try:
+            checkpoints.load_model(sys.argv[1])
+        except checkpoints.CheckpointError as e:
+            print(e)
+    """
+)
+
+
+def test_a_corrupt_checkpoint_makes_no_noise(tmp_path):
+    """No 'Event loop is closed' and no orbax logging on stderr: only the error a command prints."""
+    workdir = _workdir(tmp_path, [(2, {'val_loss': 0.2, 'val_auc': 0.9})])
+    _corrupt_data(workdir)
+    result = subprocess.run(
+        [sys.executable, '-c', _LOAD_CORRUPT, str(workdir)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count('checkpoint step 2 in') == 5
+    assert 'Event loop is closed' not in result.stderr and 'Traceback' not in result.stderr, result.stderr
+
+
+def test_normal_loading_and_saving_log_no_orbax_warnings(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    manager = checkpoints.TrainingCheckpoints(tmp_path, keep=2)
+    manager.save(1, _variables(1.0), {'step': np.int32(1)})  # without metrics, as a stop signal saves
+    manager.wait_until_finished()
+    manager.close()
+    (tmp_path / 'model.json').write_text(json.dumps({'format': checkpoints.MODEL_FORMAT, **SPEC}))
+    assert _kernel_value(checkpoints.load_model(tmp_path, 'latest')[1]) == 1.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert not warnings, warnings

@@ -1,4 +1,7 @@
-"""The training step: tf.keras parity, multi-device equivalence, the loss pieces, the optimizer, bad input."""
+"""The training step: tf.keras parity, multi-device equivalence, batch sizes the devices must divide.
+
+The optimizer, the loss pieces and the workdir have their own test files; a training run is in
+test_train_run.py."""
 
 from __future__ import annotations
 
@@ -10,14 +13,12 @@ import sys
 import textwrap
 
 import jax
-import jax.numpy as jnp
 import keras_models
 import numpy as np
-import optax
 import pytest
 
 from configs import one_layer, two_layer
-from convlstm_jax import parallel, train
+from convlstm_jax import parallel, state, train
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Reduced clip for the parity runs: (T, H, W, C); the 2-layer model ends on a 3×4 map.
@@ -64,7 +65,7 @@ def _run_jax(config, variables, batches, devices):
 def _keras_model(config, variables):
     """The tf_keras twin, with the config's L1L2 on the ConvLSTM input kernels, compiled like 2021."""
     keras = keras_models.tf_keras()
-    model = keras_models.keras_classifier(config.model, tuple(train.input_shape(config.data)), logits=False)
+    model = keras_models.keras_classifier(config.model, tuple(state.input_shape(config.data)), logits=False)
     if config.l1 or config.l2:
         layers_config = model.get_config()
         for layer in layers_config['layers']:
@@ -161,68 +162,9 @@ def test_two_devices_match_one_device_with_the_same_global_batch():
     assert found['stats'] < 1e-5  # BatchNorm statistics over the global batch, not per device
 
 
-def test_keras_adam_differs_from_optax_adam_only_through_epsilon():
-    params = {'w': jnp.array([1.0, -2.0, 3.0])}
-    grads = {'w': jnp.array([1e-6, -0.5, 2e-8])}
-    ours = train.keras_adam(1e-3, eps=1e-7)
-    state = ours.init(params)
-    for _ in range(3):
-        updates, state = ours.update(grads, state)
-    # By hand, tf.keras's formula at t = 3 (m and v reached by the same recurrences).
-    m = v = 0.0
-    for _ in range(3):
-        m, v = m + (grads['w'] - m) * 0.1, v + (grads['w'] ** 2 - v) * 0.001
-    alpha = 1e-3 * np.sqrt(1 - 0.999**3) / (1 - 0.9**3)
-    np.testing.assert_allclose(updates['w'], -(m * alpha) / (np.sqrt(v) + 1e-7), rtol=1e-5)
-    # optax.adam puts ε after the bias correction: a different update where sqrt(v) ~ ε.
-    optax_updates, _ = optax.adam(1e-3, eps=1e-7).update(grads, optax.adam(1e-3).init(params))
-    assert not np.allclose(optax_updates['w'][2], train.keras_adam(1e-3).update(grads, state)[0]['w'][2])
-
-
-def test_loss_is_tf_keras_class_weighted_bce_plus_penalty():
-    logits = jnp.array([2.0, -1.0, 0.5, -3.0])
-    labels = jnp.array([1.0, 0.0, 0.0, 1.0])
-    weights = np.where(np.asarray(labels) > 0.5, 0.8, 0.2)
-    probs = 1 / (1 + np.exp(-np.asarray(logits, np.float64)))
-    bce = -(labels * np.log(probs) + (1 - labels) * np.log(1 - probs))
-    expected = np.sum(weights * bce) / 4  # tf.keras: sum of weighted losses / batch size
-    np.testing.assert_allclose(train.class_weighted_loss(logits, labels, (0.2, 0.8), 4), expected, rtol=1e-6)
-
-    params = {
-        'convlstm_0': {'kernel': jnp.array([1.0, -2.0]), 'recurrent_kernel': jnp.array([5.0])},
-        'dense': {'kernel': jnp.array([7.0])},
-    }
-    assert train.regularized_paths(params, ('convlstm_*/kernel',)) == ['convlstm_0/kernel']
-    np.testing.assert_allclose(
-        train.l1l2_penalty(params, 0.1, 0.01, ('convlstm_*/kernel',)), 0.1 * 3 + 0.01 * 5
-    )
-    both = ('convlstm_*/kernel', 'convlstm_*/recurrent_kernel')
-    np.testing.assert_allclose(train.l1l2_penalty(params, 0.1, 0.0, both), 0.1 * 8)
-
-
-def test_class_weights_auto_is_the_2021_rule():
-    labels = np.array([1, 0, 0, 0, 1, 0, 0, 0], np.int8)
-    assert train.resolve_class_weights('auto', labels) == (0.25, 0.75)
-    assert train.resolve_class_weights((0.133, 0.866), labels) == (0.133, 0.866)
-    with pytest.raises(ValueError, match="a pair \\(w0, w1\\) or 'auto'"):
-        train.resolve_class_weights('balanced', labels)
-    with pytest.raises(ValueError, match='two non-negative numbers'):
-        train.resolve_class_weights((0.1, 0.2, 0.7), labels)
-
-
 def test_batch_size_not_divisible_names_the_nearest_valid_sizes():
     parallel.check_batch_size(8, 4)
     with pytest.raises(ValueError, match='batch_size=6 is not divisible by the 4 devices; .* 4 and 8'):
         parallel.check_batch_size(6, 4)
     with pytest.raises(ValueError, match='eval_batch_size=3 .* 8'):
         parallel.check_batch_size(3, 8, 'eval_batch_size')
-
-
-def test_architecture_mismatch_names_both():
-    ours = train.model_spec(_config(one_layer))
-    other = train.model_spec(_config(two_layer))
-    train.check_same_architecture(ours, ours, 'workdir w')
-    with pytest.raises(
-        ValueError, match=r'workdir w holds .*filters=\[16\].*config asks for filters=\[16, 32\]'
-    ):
-        train.check_same_architecture(ours, other, 'workdir w')
