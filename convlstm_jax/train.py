@@ -487,8 +487,11 @@ def _check_regularized(config, params: PyTree) -> None:
         )
 
 
-def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
-    """Trains per `config` in `workdir` (resuming from its latest checkpoint) and returns a summary."""
+def train_and_evaluate(
+    config, workdir: str | pathlib.Path, *, devices_note: str | None = None
+) -> dict[str, Any]:
+    """Trains per `config` in `workdir` (resuming from its latest checkpoint) and returns a summary.
+    `devices_note` (e.g. '2 CPU devices (one per core)') leads the first printed line."""
     workdir = pathlib.Path(workdir).absolute()
     is_writer = jax.process_index() == 0
     check_batch_size(config.batch_size, jax.device_count())
@@ -515,11 +518,13 @@ def train_and_evaluate(config, workdir: str | pathlib.Path) -> dict[str, Any]:
         _check_regularized(config, host_state.params)
         if is_writer:
             checkpoints.write_spec(workdir / checkpoints.MODEL_JSON, spec)
+            io.write_json(workdir / 'config.json', io.jsonable(config.to_dict()), sort_keys=True)
         start_step = int(host_state.step)
         num_params = sum(int(np.size(x)) for x in jax.tree.leaves(host_state.params))
         if is_writer:
+            lead = f'{devices_note}; ' if devices_note else ''
             print(
-                f'{how}; {num_params:,} parameters; {jax.device_count()} device(s) × '
+                f'{lead}{how}; {num_params:,} parameters; {jax.device_count()} device(s) × '
                 f'{config.batch_size // jax.device_count()} clips; {steps_per_epoch} steps per epoch; '
                 f'class weights {class_weights[0]:.4g}, {class_weights[1]:.4g}',
                 flush=True,
