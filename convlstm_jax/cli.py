@@ -7,7 +7,7 @@ A command adopts it so (main.py is the example):
     from convlstm_jax import cli, config as config_lib
     _CONFIG = config_lib.define_config_flag()          # or define_config_flag(from_workdir=True)
     def main(argv):
-        config = cli.load_config_or_exit(_CONFIG)      # or config_lib.config_from_workdir(path, _CONFIG)
+        config = cli.load_config_or_exit(_CONFIG)      # or cli.config_from_workdir_or_exit(DIR, _CONFIG)
         cli.print_config_and_exit_if_asked(config)
         note = cli.set_up_cpu_devices((config.batch_size, config.eval_batch_size), multi_process=False)
         ...                                            # only now import JAX's computations
