@@ -38,7 +38,8 @@ gpu_visible() {
     if [[ -v CUDA_VISIBLE_DEVICES && ( -z ${CUDA_VISIBLE_DEVICES// /} || $CUDA_VISIBLE_DEVICES == -1 ) ]]; then
         return 1
     fi
-    if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    # grep reads all of the listing: with -q it could stop early and, under pipefail, fail nvidia-smi (SIGPIPE).
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep '^GPU ' >/dev/null; then
         return 0
     fi
     compgen -G '/dev/nvidia[0-9]*' >/dev/null || [[ -e /dev/kfd ]]
