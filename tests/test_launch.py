@@ -312,7 +312,7 @@ def data_dir(tmp_path_factory):
 
 def training_env(devices: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(('CONVLSTM_', 'SLURM_', 'OMPI_', 'JAX_'))}
-    env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT), XLA_FLAGS='')
+    env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT), XLA_FLAGS='', PYTHON=sys.executable)
     env['CONVLSTM_CPU_DEVICES'] = str(devices)  # main's --cpu_devices; said even for 1: no automatic split
     return env
 
