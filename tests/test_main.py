@@ -333,3 +333,44 @@ def test_tensorboard_event_file_reads_back_in_tensorflow(tmp_path):
     assert events[0].file_version == 'brain.Event:2'
     values = {v.tag: v.simple_value for v in events[1].summary.value}
     assert events[1].step == 7 and values['validation/loss'] == 0.25 and 'validation/note' not in values
+
+
+def test_a_bad_cpu_devices_variable_is_one_line(tmp_path):
+    result = _main(
+        '--config',
+        'configs/one_layer.py:smoke',
+        '--workdir',
+        str(tmp_path / 'run'),
+        env={'CONVLSTM_CPU_DEVICES': 'x'},
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip() == "error: CONVLSTM_CPU_DEVICES must be a positive number of devices, found 'x'"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+_QUIET_TENSORFLOW = textwrap.dedent(
+    """
+    import os
+    from convlstm_jax import tf_cpu
+
+    with tf_cpu._without_startup_noise():
+        os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on.\\n')
+        os.write(2, b'W0000 something a user can act on\\n')
+    tf = tf_cpu.import_tensorflow()
+    assert tf.config.get_visible_devices('GPU') == []
+    """
+)
+
+
+def test_tensorflow_starts_without_noise_and_keeps_other_lines():
+    result = subprocess.run(
+        [sys.executable, '-c', _QUIET_TENSORFLOW],
+        env={**os.environ, 'PYTHONPATH': str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == 'W0000 something a user can act on\n'
