@@ -1,12 +1,49 @@
-"""The 2021 recipe as one ml_collections config, and the variants every model config shares.
+"""The 2021 recipe as one ml_collections config, the variants every model config shares, and the one loader
+every command uses.
 
 `configs/one_layer.py` and `configs/two_layer.py` start from `base_config()`, set the model, and call
 `apply_variant(config, arg)` so that `--config configs/two_layer.py:quick` works for both.
+
+The loader is ml_collections' `config_flags`, as in the Flax examples: `define_config_flag()` gives
+`--config FILE[:variant]` plus `--config.FIELD=VALUE` overrides (`config_from_flag` returns the result,
+checked);
+`define_config_flag(from_workdir=True)` gives the overrides alone, for commands that read a workdir, and
+`config_from_workdir(DIR, holder)` applies them to the workdir's config.json, refusing any that would change
+the architecture the checkpoint was trained with.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import pathlib
+import sys
+from collections.abc import Mapping
+from typing import Any
+
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
+
+WORKDIR_CONFIG = 'config.json'
+# Overrides a trained checkpoint cannot take: the model's fields and the input shape it was built for.
+ARCHITECTURE_FIELDS = ('model', 'data.height', 'data.width', 'data.time_steps', 'data.frames_per_step')
+_FILE_HELP = (
+    'Config file, with an optional variant after a colon: configs/two_layer.py, configs/two_layer.py:quick '
+    '(or :smoke). Override any field with --config.FIELD=VALUE; --print_config lists them.'
+)
+_WORKDIR_HELP = (
+    "The training config comes from the workdir's config.json. Override data fields (and others that do not "
+    'change the architecture) with --config.FIELD=VALUE, e.g. --config.data.path=other.mp4.'
+)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used, said in one line."""
+
+
+# Errors met while defining the config flag (before flag parsing could report them), for cli.flags_parser.
+definition_errors: list[Exception] = []
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -114,3 +151,190 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     else:
         raise ValueError(f'unknown config variant {arg!r}: expected one of quick, smoke')
     return c
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The loader
+
+
+def define_config_flag(
+    *, from_workdir: bool = False, flag_values: flags.FlagValues = flags.FLAGS
+) -> flags.FlagHolder:
+    """`--config FILE[:variant]` with `--config.FIELD=VALUE` overrides; with `from_workdir`, the overrides
+    alone, typed by `base_config()`, for `config_from_workdir`."""
+    if not from_workdir:
+        return config_flags.DEFINE_config_file('config', None, _FILE_HELP, flag_values=flag_values)
+    try:  # an inline config takes its overrides from sys.argv here, at definition
+        return config_flags.DEFINE_config_dict(
+            'config', base_config(), _WORKDIR_HELP, flag_values=flag_values
+        )
+    except (AttributeError, KeyError) as e:  # an override naming no field: reported by cli's flag parsing
+        definition_errors.append(e)
+        return config_flags.DEFINE_config_dict(
+            'config', base_config(), _WORKDIR_HELP, flag_values=flag_values, sys_argv=sys.argv[:1]
+        )
+
+
+def config_from_flag(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
+    """The config `--config FILE[:variant]` loaded, overrides applied, checked; ConfigError in one line."""
+    config = holder.value
+    if config is None:
+        raise ConfigError('no config given: pass --config FILE[:variant], e.g. --config configs/two_layer.py')
+    try:
+        config.keys()  # config_flags defers a file's load error to first use
+    except OSError as e:
+        reason = str(e).strip().splitlines()[-1].strip()
+        raise ConfigError(f'cannot load the config file {config_file_argument(holder)}: {reason}') from None
+    check(config)
+    return config
+
+
+def config_file_argument(holder: flags.FlagHolder) -> str:
+    """What `--config` was given, e.g. 'configs/two_layer.py:quick'."""
+    return holder._flagvalues[holder.name].config_filename  # noqa: SLF001 (absl keeps flags there)
+
+
+def default_workdir(config_argument: str) -> pathlib.Path:
+    """runs/<config file stem>, with _<variant> for a colon variant: runs/two_layer, runs/two_layer_quick."""
+    path, _, variant = config_argument.partition(':')
+    stem = pathlib.Path(path).stem
+    return pathlib.Path('runs') / (f'{stem}_{variant}' if variant else stem)
+
+
+def find_workdir_config(path: str | os.PathLike) -> pathlib.Path | None:
+    """config.json of the workdir at `path`, or of the workdir holding the checkpoint step at `path`."""
+    path = pathlib.Path(path)
+    for folder in (path, path.parent, path.parent.parent):
+        if (folder / WORKDIR_CONFIG).is_file():
+            return folder / WORKDIR_CONFIG
+    return None
+
+
+def config_from_workdir(
+    path: str | os.PathLike,
+    holder: flags.FlagHolder | None = None,
+    *,
+    spec: Mapping[str, Any] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ml_collections.ConfigDict:
+    """The training config of the workdir (or checkpoint step) at `path`, with the overrides `holder` parsed
+    (or `overrides`, flat 'data.path' keys). Without a config.json, `spec` (a model.json) supplies the model
+    and input fields. Overrides of ARCHITECTURE_FIELDS are refused: the checkpoint fixes them."""
+    config = base_config()
+    found = find_workdir_config(path)
+    if found is not None:
+        try:
+            values = json.loads(found.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f'cannot read {found}: {e}') from None
+        merge(config, values, str(found))
+    elif spec is not None:
+        merge(config.model, dict(spec.get('model', {})), f'{path} model.json model')
+        contract = {k: v for k, v in dict(spec.get('input', {})).items() if k in config.data}
+        merge(config.data, contract, f'{path} model.json input')
+    else:
+        raise ConfigError(f'no {WORKDIR_CONFIG} in {path} or the workdir above it: is it a training workdir?')
+    given = dict(overrides or {})
+    if holder is not None:
+        given.update(config_flags.get_override_values(holder._flagvalues[holder.name]))  # noqa: SLF001
+    refused = [name for name in given if _is_architecture(name)]
+    if refused:
+        raise ConfigError(
+            f'--config.{refused[0]} would change the architecture of the checkpoint in {path}: the model '
+            'fields and data.height, width, time_steps and frames_per_step are fixed by it (train a new '
+            'workdir to change them)'
+        )
+    for name, value in given.items():
+        set_field(config, name, value)
+    check(config)
+    return config
+
+
+def _is_architecture(name: str) -> bool:
+    return any(name == field or name.startswith(field + '.') for field in ARCHITECTURE_FIELDS)
+
+
+def merge(config: ml_collections.ConfigDict, values: Mapping[str, Any], where: str) -> None:
+    """Sets nested `values` (from JSON) into `config`, lists back to tuples; unknown fields are refused."""
+    for key, value in values.items():
+        if key not in config:
+            raise ConfigError(f'{where}: unknown config field {key!r}')
+        if isinstance(value, Mapping):
+            merge(config[key], value, f'{where}.{key}')
+        else:
+            set_field(config, key, value)
+
+
+def set_field(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
+    """`config[name] = value` for a dotted name, with JSON lists as tuples and one-line errors."""
+    *parents, leaf = name.split('.')
+    target = config
+    for part in parents:
+        target = target[part]
+    if leaf not in target:
+        raise ConfigError(f'unknown config field {name!r}')
+    value = _tuples(value)
+    try:
+        target[leaf] = value
+    except TypeError as e:
+        raise ConfigError(f'config field {name}: {e}') from None
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+# Values a run cannot start with; the type of each field is already enforced by ConfigDict.
+_POSITIVE = (
+    'batch_size',
+    'eval_batch_size',
+    'num_epochs',
+    'log_every_steps',
+    'keep_checkpoints',
+    'data.height',
+    'data.width',
+    'data.time_steps',
+    'data.frames_per_step',
+    'data.horizon',
+)
+_CHOICES = {
+    'data.pipeline': ('tfdata', 'numpy'),
+    'data.resize': ('nearest', 'area'),
+    'model.padding': ('valid', 'same'),
+    'model.compute_dtype': ('float32', 'bfloat16'),
+}
+
+
+def check(config: ml_collections.ConfigDict) -> None:
+    """Refuses, in one line, values no run can start with (before anything is written)."""
+    for name in _POSITIVE:
+        value = _get(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(f'{name} must be at least 1, found {value}')
+    for name, choices in _CHOICES.items():
+        value = _get(config, name)
+        if value is not None and value not in choices:
+            raise ConfigError(f'{name} must be one of {", ".join(choices)}, found {value!r}')
+    steps = _get(config, 'steps_per_epoch')
+    if steps is not None and steps != -1 and steps < 1:
+        raise ConfigError(f'steps_per_epoch must be -1 (one pass over the data) or at least 1, found {steps}')
+    filters = _get(config, 'model.filters')
+    if filters is not None and (not filters or any(int(f) < 1 for f in filters)):
+        raise ConfigError(f'model.filters must list at least one positive filter count, found {filters}')
+    learning_rate = _get(config, 'learning_rate')
+    if learning_rate is not None and not learning_rate > 0:
+        raise ConfigError(f'learning_rate must be positive, found {learning_rate}')
+    weights = _get(config, 'class_weights')
+    if weights is not None and weights != 'auto':
+        if isinstance(weights, str) or len(weights) != 2:
+            raise ConfigError(f"class_weights must be 'auto' or a pair (w0, w1), found {weights!r}")
+
+
+def _get(config: ml_collections.ConfigDict, name: str) -> Any:
+    """The value at a dotted name, or None where this config has no such field."""
+    target: Any = config
+    for part in name.split('.'):
+        if not hasattr(target, 'keys') or part not in target:
+            return None
+        target = target[part]
+    return target

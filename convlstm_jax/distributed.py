@@ -129,31 +129,31 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
         'Seconds after which a silent process counts as dead and the others exit.',
         flag_values=flag_values,
     )
-    flags.DEFINE_integer(
-        'cpu_devices',
-        _env_int(env, _ENV_CPU_DEVICES),
-        'Split the CPU into this many JAX devices (one per core is fastest on a CPU-only machine: the '
-        'pmapped step runs one batch shard per core). The batch must divide by it. No effect on GPU runs.',
-        lower_bound=1,
-        flag_values=flag_values,
-    )
 
 
-def initialize_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ProcessGroup | None:
-    """Joins the run the flags (or environment, or scheduler) describe; None for a single-process run."""
+def group_from_flags(flag_values: flags.FlagValues = flags.FLAGS) -> ProcessGroup | None:
+    """The run the flags (or environment, or scheduler) describe; None for a single-process run."""
     f = flag_values
-    if f.cpu_devices:
-        use_cpu_devices(f.cpu_devices)
     if f.distributed == 'off':
         return None
-    group = resolve(
+    return resolve(
         coordinator_address=f.coordinator_address,
         num_processes=f.num_processes,
         process_id=f.process_id,
         local_device_ids=f.local_device_ids,
     )
+
+
+def initialize_from_flags(
+    flag_values: flags.FlagValues = flags.FLAGS, group: ProcessGroup | None | str = 'from flags'
+) -> ProcessGroup | None:
+    """Joins `group` (default: `group_from_flags`) with the flags' timeouts; None for a single process."""
+    if group == 'from flags':
+        group = group_from_flags(flag_values)
     initialize(
-        group, init_timeout=f.distributed_init_timeout, heartbeat_timeout=f.distributed_heartbeat_timeout
+        group,
+        init_timeout=flag_values.distributed_init_timeout,
+        heartbeat_timeout=flag_values.distributed_heartbeat_timeout,
     )
     return group
 
@@ -178,7 +178,8 @@ def use_cpu_devices(count: int, env: dict[str, str] | None = None) -> None:
 
 
 def add_cpu_devices_argument(parser: argparse.ArgumentParser) -> None:
-    """`--cpu_devices N` for an argparse command line (main has the absl flag); apply: `use_cpu_devices`."""
+    """`--cpu_devices N` for the argparse commands not yet on absl (the absl flag, with the automatic
+    one-device-per-core default, is cli.CPU_DEVICES): remove once they adopt cli.py."""
 
     def count(text: str) -> int:
         if not text.isdigit() or int(text) < 1:

@@ -1,28 +1,34 @@
 """Trains a classifier.
 
-    python -m convlstm_jax.main --config configs/two_layer.py[:quick|:smoke] --workdir DIR
+    python -m convlstm_jax.main --config configs/two_layer.py[:quick|:smoke] [--workdir DIR]
 
-Any config field can be overridden (`--config.batch_size=8 --config.model.dropout=0.1`). A workdir that holds
-a checkpoint resumes from it. SIGTERM or SIGINT stops after the current step with a checkpoint saved; the
-process then exits with status 128 + the signal number, like a process the signal ended, so that schedulers
-and scripts see an unfinished run.
+Without --workdir the run goes to runs/<config file stem>[_<variant>] (runs/two_layer, runs/two_layer_quick).
+Any config field can be overridden (--config.batch_size=8 --config.model.dropout=0.1); --print_config lists
+every field with its value. A workdir that holds a checkpoint resumes from it. On a CPU-only machine the CPU
+is split into one JAX device per core (--cpu_devices=1 turns that off). SIGTERM or SIGINT stops after the
+current step with a checkpoint saved; the process then exits with status 128 + the signal number, like a
+process the signal ended, so that schedulers and scripts see an unfinished run.
 """
 
 from __future__ import annotations
 
-import json
 import pathlib
 import signal
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from convlstm_jax import distributed, tf_cpu
+from convlstm_jax import cli, distributed, tf_cpu
+from convlstm_jax import config as config_lib
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/two_layer.py:quick.')
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and the resolved config.')
-flags.mark_flags_as_required(['config', 'workdir'])
+_CONFIG = config_lib.define_config_flag()
+_WORKDIR = flags.DEFINE_string(
+    'workdir',
+    None,
+    'Directory for checkpoints, metrics and the resolved config. Default: runs/<config file stem>, with '
+    '_<variant> after a colon variant (runs/two_layer, runs/two_layer_quick).',
+)
+flags.mark_flags_as_required(['config'])
 distributed.define_flags()  # --coordinator_address, --num_processes, …; a single process needs none
 
 
@@ -31,22 +37,34 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
     if not flags.FLAGS['verbosity'].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    config = _load_config()
+    config = cli.load_config_or_exit(_CONFIG)
+    cli.print_config_and_exit_if_asked(config)
+    workdir = pathlib.Path(
+        _WORKDIR.value or config_lib.default_workdir(config_lib.config_file_argument(_CONFIG))
+    )
+    try:
+        group = distributed.group_from_flags()
+        devices_note = cli.set_up_cpu_devices(
+            (config.batch_size, config.eval_batch_size), multi_process=group is not None
+        )
+    except (distributed.DistributedSetupError, config_lib.ConfigError) as e:
+        sys.exit(f'error: {e}')
     if _needs_tensorflow(config):  # before JAX touches a device: tf.data must never take GPU memory
         _import_tensorflow(config)
-    distributed.initialize_from_flags()  # None, jax.distributed untouched, for a single-process run
+    distributed.initialize_from_flags(group=group)  # jax.distributed untouched for a single process
 
     import jax
 
-    from convlstm_jax import io, train
+    from convlstm_jax import checkpoints, train
 
-    workdir = pathlib.Path(_WORKDIR.value).absolute()
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        io.write_json(workdir / 'config.json', json.loads(config.to_json()), sort_keys=True)
     logging.info('config:\n%s', config)
-    try:
-        summary = train.train_and_evaluate(config, workdir)
+    try:  # train_and_evaluate checks everything before it writes the workdir
+        summary = train.train_and_evaluate(config, workdir.absolute(), devices_note=devices_note)
+    except checkpoints.CheckpointError as e:  # a corrupt checkpoint: the one line names the step and the file
+        if jax.process_count() > 1:
+            raise
+        print(f'error: {e}', file=sys.stderr, flush=True)
+        sys.exit(2)
     except (ValueError, FileNotFoundError, FloatingPointError) as e:
         if jax.process_count() > 1:
             raise  # distributed.py's hook makes every process exit instead of waiting in a collective
@@ -108,33 +126,5 @@ def format_summary(summary: dict) -> str:
     return '\n'.join(lines)
 
 
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, with config overrides that name no field reported in one line, not a traceback."""
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        sys.exit(f'FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.')
-    except (AttributeError, KeyError) as e:
-        overrides = ' '.join(arg for arg in argv if arg.startswith('--config.'))
-        reason = e.args[0] if e.args else e
-        while isinstance(reason, Exception) and reason.args:  # config_dict wraps its KeyError
-            reason = reason.args[0]
-        reason = str(reason).replace("'", '')
-        sys.exit(f'error: no such config field in {overrides}: {reason}')
-    except (TypeError, ValueError) as e:
-        sys.exit(f'error: bad --config value: {e}')
-
-
-def _load_config():
-    """The config (loaded lazily by config_flags), or a one-line error for a missing or broken file."""
-    config = _CONFIG.value
-    try:
-        config.keys()  # a config file that failed to load raises on first use
-    except OSError as e:
-        reason = str(e).strip().splitlines()[-1].strip()
-        sys.exit(f'error: cannot load the config file {flags.FLAGS["config"].config_filename}: {reason}')
-    return config
-
-
 if __name__ == '__main__':
-    app.run(main, flags_parser=parse_flags)
+    app.run(main, flags_parser=cli.flags_parser(__doc__))

@@ -16,6 +16,7 @@
 #                                     JAX's own default is 0.75; TensorFlow only feeds data, on the CPU)
 #   XLA_PYTHON_CLIENT_PREALLOCATE     false: allocate on demand instead (slower; for shared GPUs)
 #   XLA_FLAGS                         extra XLA flags, added after the ones set here
+#   ALLOW_CPU                         1: train on the CPU when no GPU is visible (default: stop, saying so)
 #   PYTHON                            interpreter (default: python3)
 set -euo pipefail
 
@@ -30,6 +31,23 @@ python=${PYTHON:-python3}
 
 if [[ -n ${GPUS:-} ]]; then
     export CUDA_VISIBLE_DEVICES=$GPUS
+fi
+
+# A GPU this process may use: CUDA_VISIBLE_DEVICES not emptied, and nvidia-smi or a device file shows one.
+gpu_visible() {
+    if [[ -v CUDA_VISIBLE_DEVICES && ( -z ${CUDA_VISIBLE_DEVICES// /} || $CUDA_VISIBLE_DEVICES == -1 ) ]]; then
+        return 1
+    fi
+    # grep reads all of the listing: with -q it could stop early and, under pipefail, fail nvidia-smi (SIGPIPE).
+    if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep '^GPU ' >/dev/null; then
+        return 0
+    fi
+    compgen -G '/dev/nvidia[0-9]*' >/dev/null || [[ -e /dev/kfd ]]
+}
+if [[ ${ALLOW_CPU:-0} != 1 ]] && ! gpu_visible; then
+    echo "multi_gpu: no GPU visible (CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES-unset}, no GPU from nvidia-smi or" \
+        "/dev/nvidia*), so JAX would train on the CPU; set ALLOW_CPU=1 to do that anyway" >&2
+    exit 1
 fi
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}
 # The latency-hiding scheduler overlaps the gradient all-reduce with the backward pass.

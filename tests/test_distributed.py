@@ -326,6 +326,7 @@ def wait_all(processes: list[subprocess.Popen], timeout: float) -> list[int]:
     return codes
 
 
+@pytest.mark.slow
 def test_two_processes_psum_and_agree_to_stop(tmp_path):
     processes = start_workers(tmp_path, 'ok', free_port())
     codes = wait_all(processes, timeout=120)
@@ -336,6 +337,7 @@ def test_two_processes_psum_and_agree_to_stop(tmp_path):
         assert 'stop False True' in log  # process 1's flag stops process 0 too
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('mode', ['die', 'die_idle'])
 def test_a_dead_process_makes_the_other_exit_non_zero(tmp_path, mode):
     processes = start_workers(tmp_path, mode, free_port())

@@ -91,7 +91,9 @@ def fake_python(tmp_path):
 
 def launcher_env(fake_python, behaviour='ok', **extra):
     interpreter, records = fake_python
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('CONVLSTM_', 'SLURM_', 'OMPI_'))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(('CONVLSTM_', 'SLURM_', 'OMPI_', 'ALLOW_CPU'))
+    }
     env.update(PYTHON=str(interpreter), FAKE_RECORD_DIR=str(records), FAKE_BEHAVIOUR=behaviour, **extra)
     return env
 
@@ -168,6 +170,52 @@ def test_local_multiprocess_usage():
     assert result.returncode == 2 and 'usage' in result.stderr
 
 
+def fake_nvidia_smi(tmp_path, gpus: int) -> str:
+    """A PATH whose nvidia-smi lists `gpus` GPUs (`-L`) and answers the launcher's query."""
+    bin_dir = tmp_path / 'nvidia_bin'
+    bin_dir.mkdir(exist_ok=True)
+    listing = ''.join(f'echo "GPU {i}: Fake GPU (UUID: GPU-{i})"\n' for i in range(gpus))
+    script = bin_dir / 'nvidia-smi'
+    script.write_text(
+        f'#!/usr/bin/env bash\nif [[ $1 == -L ]]; then\n{listing}exit 0\nfi\necho "0, Fake, 1 MiB"\n'
+    )
+    script.chmod(0o755)
+    return f'{bin_dir}:{os.environ["PATH"]}'
+
+
+def run_multi_gpu(tmp_path, env, *args):
+    return subprocess.run(
+        ['bash', str(LAUNCH_DIR / 'multi_gpu.sh'), 'configs/two_layer.py', str(tmp_path / 'run'), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.skipif(
+    any(pathlib.Path('/dev').glob('nvidia[0-9]*')) or pathlib.Path('/dev/kfd').exists(),
+    reason='this machine has a GPU device file',
+)
+def test_multi_gpu_stops_without_a_gpu_unless_allowed(tmp_path, fake_python):
+    no_gpu = fake_nvidia_smi(tmp_path, 0)
+    result = run_multi_gpu(tmp_path, launcher_env(fake_python, PATH=no_gpu))
+    assert result.returncode == 1
+    assert 'multi_gpu: no GPU visible' in result.stderr and 'ALLOW_CPU=1' in result.stderr
+    assert not (tmp_path / 'run').exists() and not (fake_python[1] / 'record_0.json').exists()
+    result = run_multi_gpu(tmp_path, launcher_env(fake_python, PATH=no_gpu, ALLOW_CPU='1'))
+    assert result.returncode == 0, result.stderr
+    assert read_record(fake_python[1])['args'][:2] == ['--config', 'configs/two_layer.py']
+
+
+def test_multi_gpu_stops_when_cuda_visible_devices_hides_every_gpu(tmp_path, fake_python):
+    env = launcher_env(fake_python, PATH=fake_nvidia_smi(tmp_path, 2), CUDA_VISIBLE_DEVICES='')
+    result = run_multi_gpu(tmp_path, env)
+    assert result.returncode == 1 and 'no GPU visible (CUDA_VISIBLE_DEVICES=,' in result.stderr
+    env['CUDA_VISIBLE_DEVICES'] = '0'
+    assert run_multi_gpu(tmp_path, env).returncode == 0
+
+
 def test_multi_gpu_passes_config_workdir_and_flags(tmp_path, fake_python):
     workdir = tmp_path / 'run'
     result = subprocess.run(
@@ -178,7 +226,9 @@ def test_multi_gpu_passes_config_workdir_and_flags(tmp_path, fake_python):
             str(workdir),
             '--config.batch_size=8',
         ],
-        env=launcher_env(fake_python, GPUS='0,1', XLA_FLAGS='--xla_dump_to=/tmp/x'),
+        env=launcher_env(
+            fake_python, GPUS='0,1', XLA_FLAGS='--xla_dump_to=/tmp/x', PATH=fake_nvidia_smi(tmp_path, 2)
+        ),
         capture_output=True,
         text=True,
         timeout=60,
@@ -203,7 +253,7 @@ def test_multi_gpu_passes_config_workdir_and_flags(tmp_path, fake_python):
 def test_multi_gpu_returns_the_training_status(tmp_path, fake_python):
     result = subprocess.run(
         ['bash', str(LAUNCH_DIR / 'multi_gpu.sh'), 'c.py', str(tmp_path / 'run')],
-        env=launcher_env(fake_python, 'fail_1', CONVLSTM_PROCESS_ID='1'),
+        env=launcher_env(fake_python, 'fail_1', CONVLSTM_PROCESS_ID='1', ALLOW_CPU='1'),
         capture_output=True,
         text=True,
         timeout=60,
@@ -262,9 +312,8 @@ def data_dir(tmp_path_factory):
 
 def training_env(devices: int = 1) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(('CONVLSTM_', 'SLURM_', 'OMPI_', 'JAX_'))}
-    env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT), XLA_FLAGS='')
-    if devices > 1:
-        env['CONVLSTM_CPU_DEVICES'] = str(devices)  # main's --cpu_devices
+    env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT), XLA_FLAGS='', PYTHON=sys.executable)
+    env['CONVLSTM_CPU_DEVICES'] = str(devices)  # main's --cpu_devices; said even for 1: no automatic split
     return env
 
 
@@ -298,6 +347,7 @@ def assert_same_losses(got: dict, want: dict, keys, rtol: float) -> None:
             assert got[key][name] == pytest.approx(want[key][name], rel=rtol, abs=1e-7), (key, name)
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_and_resume_in_one(tmp_path, data_dir):
     # Reference: 1 process x 2 devices, 2 epochs of 3 steps.
     reference = tmp_path / 'reference'
@@ -329,6 +379,7 @@ def test_two_processes_match_one_process_and_resume_in_one(tmp_path, data_dir):
     assert_same_losses(metrics_by_step(two), want, second_epoch, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, data_dir):
     workdir = tmp_path / 'run'
     port = _free_port()

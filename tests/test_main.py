@@ -23,17 +23,28 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
     return tmp_path_factory.mktemp('data')
 
 
-def _main(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+def _main(
+    *args: str, env: dict | None = None, timeout: int = 600, cwd: pathlib.Path = REPO_ROOT
+) -> subprocess.CompletedProcess:
+    """main in a subprocess on one CPU device (said explicitly: no automatic split), unless `env` says."""
+    base = {k: v for k, v in os.environ.items() if k not in ('CONVLSTM_CPU_DEVICES', 'XLA_FLAGS')}
     return subprocess.run(
         [sys.executable, '-m', 'convlstm_jax.main', *args],
-        cwd=REPO_ROOT,
-        env={**os.environ, 'JAX_PLATFORMS': 'cpu', **(env or {})},
+        cwd=cwd,
+        env={
+            **base,
+            'JAX_PLATFORMS': 'cpu',
+            'CONVLSTM_CPU_DEVICES': '1',
+            'PYTHONPATH': str(REPO_ROOT),
+            **(env or {}),
+        },
         capture_output=True,
         text=True,
         timeout=timeout,
     )
 
 
+@pytest.mark.slow
 def test_smoke_run_end_to_end(tmp_path, data_dir):
     workdir = tmp_path / 'run'
     result = _main(
@@ -71,7 +82,9 @@ def test_smoke_run_end_to_end(tmp_path, data_dir):
     assert 'holds a checkpoint of another architecture: filters=[16]' in result.stderr
     assert 'config asks for filters=[16, 32]' in result.stderr
 
-    # A loss that overflows stops the run with a clear error; the last good checkpoint stays.
+    # Resuming with another objective is refused in one line naming the field and both values, and
+    # nothing in the workdir changes.
+    before = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*'))
     result = _main(
         '--config',
         'configs/one_layer.py:smoke',
@@ -82,11 +95,25 @@ def test_smoke_run_end_to_end(tmp_path, data_dir):
         '--config.l2=1e38',
     )
     assert result.returncode == 1
-    assert (
-        'the training loss is inf at step 4: training diverged; the last good checkpoint is step 3'
-        in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert 'l2=0.0' in result.stderr and 'l2=1e+38' in result.stderr, result.stderr
+    assert sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*')) == before
+
+    # A loss that overflows stops the run with a clear error and names what was kept: here a fresh workdir
+    # that starts from the trained model with an overflowing penalty, so no checkpoint is saved.
+    diverged = tmp_path / 'diverged'
+    result = _main(
+        '--config',
+        'configs/one_layer.py:smoke',
+        '--workdir',
+        str(diverged),
+        f'--config.data.data_dir={data_dir}',
+        f'--config.init_from={workdir}',
+        '--config.l2=1e38',
     )
-    assert sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit()) == [3]
+    assert result.returncode == 1
+    assert 'the training loss is inf at step 1: training diverged; no checkpoint was saved' in result.stderr
+    assert not [p for p in (diverged / 'checkpoints').iterdir() if p.name.isdigit()]
 
     # init_from: a new workdir starting from the trained one.
     result = _main(
@@ -101,6 +128,7 @@ def test_smoke_run_end_to_end(tmp_path, data_dir):
     assert f'initialized from {workdir}' in result.stdout
 
 
+@pytest.mark.slow
 def test_init_from_an_imported_2021_keras_checkpoint(tmp_path, data_dir, reference_dir):
     """The 1-layer SavedModel, imported by keras_io, starts a :smoke run (parameter shapes do not depend on
     the frame size or the number of time steps); the 2-layer config refuses it, naming both architectures."""
@@ -163,6 +191,7 @@ _RESUME = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_parameters(tmp_path, data_dir):
     script = _RESUME.format(repo=str(REPO_ROOT), data_dir=str(data_dir), tmp=str(tmp_path))
     result = subprocess.run(
@@ -208,13 +237,96 @@ def test_batch_size_not_divisible_by_the_devices(tmp_path):
         'configs/one_layer.py:smoke',
         '--config.batch_size=3',
         '--workdir',
-        str(tmp_path),
+        str(tmp_path / 'run'),
         '--cpu_devices=2',  # the CPU split into two devices
     )
     assert result.returncode == 1
     assert (
         'batch_size=3 is not divisible by the 2 devices; the nearest valid sizes are 2 and 4' in result.stderr
     )
+    assert not (tmp_path / 'run').exists()
+
+
+@pytest.mark.parametrize(
+    'args, message',
+    [
+        (['--config.batch_size=0'], 'error: batch_size must be at least 1, found 0'),
+        (
+            ['--config.data.pipeline=torch'],
+            "error: data.pipeline must be one of tfdata, numpy, found 'torch'",
+        ),
+        (['--config.model.filters=()'], 'error: model.filters must list at least one positive filter count'),
+        (['--config.bach_size=8'], 'error: no such config field in --config.bach_size=8'),
+        (['--config.batch_size=x'], 'error: flag --config.batch_size=x: invalid literal for int()'),
+    ],
+)
+def test_a_failed_config_check_leaves_no_files(tmp_path, args, message):
+    result = _main('--config', 'configs/one_layer.py:smoke', *args, '--workdir', str(tmp_path / 'run'))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()] and message in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_broken_config_file_leaves_no_files(tmp_path):
+    (tmp_path / 'broken.py').write_text('def get_config():\n    return undefined_name\n')
+    result = _main('--config', str(tmp_path / 'broken.py'), cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"error: cannot load the config file {tmp_path / 'broken.py'}: NameError: name 'undefined_name' is "
+        'not defined'
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ['broken.py']  # no runs/broken
+
+
+def test_help_exits_0_and_lists_the_options():
+    result = _main('--help')
+    assert result.returncode == 0, result.stderr
+    for option in (
+        '--config:',
+        '--workdir:',
+        '--cpu_devices:',
+        '--[no]print_config:',
+        '--coordinator_address:',
+    ):
+        assert option in result.stdout, option
+    assert 'Default: runs/<config file stem>' in result.stdout and '(default: ' in result.stdout
+    assert '--config.FIELD=VALUE' in result.stdout and 'lists them all' in result.stdout
+    assert '--verbosity' not in result.stdout  # absl's own options only with --helpfull
+    result = _main('--helpfull')
+    assert result.returncode == 0 and '--verbosity' in result.stdout and '--cpu_devices' in result.stdout
+
+
+def test_print_config_shows_every_field_with_the_overrides(tmp_path):
+    config_file = str(REPO_ROOT / 'configs' / 'two_layer.py')
+    result = _main('--config', f'{config_file}:quick', '--config.seed=5', '--print_config', cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    assert config['seed'] == 5 and config['data']['height'] == 36 and config['model']['filters'] == [16, 32]
+    assert result.stderr == '' and list(tmp_path.iterdir()) == []  # nothing written, no runs/
+
+
+@pytest.mark.slow
+def test_default_workdir_and_one_device_per_core(tmp_path, data_dir):
+    """The card's command with :smoke and no --workdir: runs/two_layer_smoke, on every core (no
+    --cpu_devices, no CONVLSTM_CPU_DEVICES), and a start without CUDA or TensorFlow noise."""
+    from convlstm_jax import cli
+
+    result = _main(
+        '--config',
+        str(REPO_ROOT / 'configs' / 'two_layer.py') + ':smoke',
+        f'--config.data.data_dir={data_dir}',
+        env={'CONVLSTM_CPU_DEVICES': ''},
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    workdir = tmp_path / 'runs' / 'two_layer_smoke'
+    assert json.loads((workdir / 'config.json').read_text())['data']['height'] == 16
+    count = cli.automatic_cpu_devices((4, 8), multi_process=False, environ={})
+    if count > 1:
+        assert result.stdout.startswith(f'{count} CPU devices (one per core); initialized randomly')
+        assert f'{count} device(s) × {4 // count} clips' in result.stdout
+    for noise in ('cuInit', 'cuda', 'absl::InitializeLog', 'oneDNN', 'Downloading'):
+        assert noise not in result.stderr, result.stderr
 
 
 def test_tensorboard_event_file_reads_back_in_tensorflow(tmp_path):
@@ -237,3 +349,44 @@ def test_tensorboard_event_file_reads_back_in_tensorflow(tmp_path):
     assert events[0].file_version == 'brain.Event:2'
     values = {v.tag: v.simple_value for v in events[1].summary.value}
     assert events[1].step == 7 and values['validation/loss'] == 0.25 and 'validation/note' not in values
+
+
+def test_a_bad_cpu_devices_variable_is_one_line(tmp_path):
+    result = _main(
+        '--config',
+        'configs/one_layer.py:smoke',
+        '--workdir',
+        str(tmp_path / 'run'),
+        env={'CONVLSTM_CPU_DEVICES': 'x'},
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip() == "error: CONVLSTM_CPU_DEVICES must be a positive number of devices, found 'x'"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+_QUIET_TENSORFLOW = textwrap.dedent(
+    """
+    import os
+    from convlstm_jax import tf_cpu
+
+    with tf_cpu._without_startup_noise():
+        os.write(2, b'I0000 port.cc:153] oneDNN custom operations are on.\\n')
+        os.write(2, b'W0000 something a user can act on\\n')
+    tf = tf_cpu.import_tensorflow()
+    assert tf.config.get_visible_devices('GPU') == []
+    """
+)
+
+
+def test_tensorflow_starts_without_noise_and_keeps_other_lines():
+    result = subprocess.run(
+        [sys.executable, '-c', _QUIET_TENSORFLOW],
+        env={**os.environ, 'PYTHONPATH': str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == 'W0000 something a user can act on\n'
