@@ -156,6 +156,14 @@ def test_tfdata_and_numpy_backends_give_identical_batches(split: Split, options:
     assert_same(tfdata_eval, evaluate(split, backend='numpy', **shards))
 
 
+@pytest.mark.parametrize(('n', 'per_step'), [(6, 1), (3, 2), (2, 3), (1, 4)])
+def test_tfdata_equals_numpy_for_each_channel_layout(split: Split, n: int, per_step: int) -> None:
+    """1 channel: a reshape; 2 and 4: channels packed in one word; others: a transpose."""
+    pytest.importorskip('tensorflow', reason='the tfdata backend needs TensorFlow')
+    shape = {'time_steps': n, 'frames_per_step': per_step}
+    assert_same(train(split, backend='tfdata', **shape), train(split, backend='numpy', **shape))
+
+
 def test_tfdata_reads_memory_mapped_splits(split: Split, tmp_path) -> None:
     pytest.importorskip('tensorflow', reason='the tfdata backend needs TensorFlow')
     np.save(tmp_path / 'frames.npy', split.frames)
