@@ -69,7 +69,6 @@ def test_device_batches_equal_the_numpy_pipelines_on_one_device() -> None:
     exec(SCRIPT, namespace)  # noqa: S102  (the same script as the two-device test, in this process)
 
 
-@pytest.mark.slow
 def test_device_batches_equal_the_numpy_pipelines_on_two_devices() -> None:
     env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}
     result = subprocess.run(
