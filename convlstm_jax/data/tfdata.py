@@ -9,7 +9,7 @@ TensorFlow's threads.
 The layout change is the costly part: TensorFlow transposes a 4-wide uint8 axis one byte at a time. With 2 or
 4 frames per step, the channels are instead packed into one uint16/uint32 per pixel (channel j in byte j: a
 weighted sum over the channel axis), flipped as such, and bitcast back to bytes, which on a little-endian
-machine is the same layout. Measured here: about 2.4× the clips per CPU-second of the transpose, which stays
+machine is the same layout. Measured here: 2.4–2.9× the clips per CPU-second of the transpose, which stays
 for other counts (docs/data.md).
 
 The frames live in a non-trainable tf.Variable, not in the graph (graph constants are capped at 2 GB). It is
