@@ -16,7 +16,8 @@ The frames live in a non-trainable tf.Variable, not in the graph (graph constant
 filled a chunk at a time, so a memory-mapped split is read from disk once into TensorFlow's memory: this
 backend holds a second, resident copy of every split it serves (863 MB for the 2021 training split), where the
 'numpy' backend reads the memory-mapped file in place. For splits larger than the host's memory, use 'numpy'.
-The variables of the last few frame arrays are kept, so later epochs do not copy the frames again.
+The variables of the last few frame arrays are kept (keyed by the array, whose frames are taken as read-only),
+so later epochs do not copy the frames again.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def frames_variable(frames: np.ndarray):
     kept = _variables.get(key)
     if kept is not None and kept[0]() is frames:
         return kept[1]
+    for dead in [other for other, (array, _) in _variables.items() if array() is None]:
+        del _variables[dead]  # its frames are gone: free the copy before making another
     with tf.device('/CPU:0'):
         variable = tf.Variable(tf.zeros(frames.shape, tf.uint8), trainable=False, name='frames')
         for start in range(0, frames.shape[0], _FILL_FRAMES):
