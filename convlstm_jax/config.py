@@ -91,7 +91,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.split_fractions = (0.834, 0.067, 0.099)  # a video cut chronologically, in the 2021 proportions
     c.data.label_file = ''  # '' = the ỹ rule; else per-frame 0/1 labels (.npy/.csv) beside each recording
     c.data.memmap_bytes = 2**31  # a split with more frame bytes is memory-mapped from its cached .npy
-    c.data.write_tfds = True  # load_splits also writes the TFDS dataset (`prepare` always does)
+    c.data.write_tfds = False  # True: load_splits also writes the TFDS dataset (or `prepare --tfds`)
 
     # Training (train.py).
     c.batch_size = 4  # global batch over all devices and processes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pathlib
 import subprocess
 import sys
 import textwrap
@@ -133,13 +134,47 @@ def test_eval_shards_take_their_slice_of_each_padded_batch(split: Split) -> None
             np.testing.assert_array_equal(joined, batch[key][0], err_msg=key)
 
 
-def test_tfdata_and_numpy_backends_give_identical_batches(split: Split) -> None:
+@pytest.mark.parametrize(
+    'options',
+    [
+        {},
+        {'flips': False, 'workers': 1},
+        {'process_index': 1, 'process_count': 2, 'local_device_count': 2},
+        {'local_device_count': 4, 'start_step': 3, 'num_steps': 4, 'prefetch': 1},
+    ],
+)
+def test_tfdata_and_numpy_backends_give_identical_batches(split: Split, options: dict) -> None:
+    """Whole batches, with flips, over processes and devices, resumed, and evaluation with its padding."""
     pytest.importorskip(
         'tensorflow', reason='the tfdata backend needs TensorFlow (absent on the GPU machines)'
     )
-    options = {'process_index': 1, 'process_count': 2, 'local_device_count': 2}
     assert_same(train(split, backend='tfdata', **options), train(split, backend='numpy', **options))
-    assert_same(evaluate(split, backend='tfdata', **options), evaluate(split, backend='numpy', **options))
+    shards = {key: value for key, value in options.items() if key in ('process_index', 'process_count')}
+    shards['local_device_count'] = options.get('local_device_count', 1)
+    tfdata_eval = evaluate(split, backend='tfdata', **shards)
+    assert (flat(tfdata_eval, 'mask') == 0).any()  # the padded last batch is compared too
+    assert_same(tfdata_eval, evaluate(split, backend='numpy', **shards))
+
+
+@pytest.mark.parametrize(('n', 'per_step'), [(6, 1), (3, 2), (2, 3), (1, 4)])
+def test_tfdata_equals_numpy_for_each_channel_layout(split: Split, n: int, per_step: int) -> None:
+    """1 channel: a reshape; 2 and 4: channels packed in one word; others: a transpose."""
+    pytest.importorskip('tensorflow', reason='the tfdata backend needs TensorFlow')
+    shape = {'time_steps': n, 'frames_per_step': per_step}
+    assert_same(train(split, backend='tfdata', **shape), train(split, backend='numpy', **shape))
+
+
+def test_tfdata_reads_memory_mapped_splits(split: Split, tmp_path) -> None:
+    pytest.importorskip('tensorflow', reason='the tfdata backend needs TensorFlow')
+    np.save(tmp_path / 'frames.npy', split.frames)
+    mapped = dataclasses.replace(split, frames=np.load(tmp_path / 'frames.npy', mmap_mode='r'))
+    assert_same(train(mapped, backend='tfdata'), train(split, backend='numpy'))
+
+
+def test_tfdata_is_made_of_tensorflow_ops() -> None:
+    """No numpy_function or py_function: the clips are cut by TensorFlow's threads, not under the GIL."""
+    source = pathlib.Path(pipeline.__file__).with_name('tfdata.py').read_text()
+    assert 'numpy_function' not in source and 'py_function' not in source and 'tf.gather' in source
 
 
 @pytest.mark.parametrize(
@@ -195,8 +230,10 @@ def test_prefetch_to_devices_shards_over_local_devices(split: Split) -> None:
 
 def test_benchmark_command_runs_on_tiny_shapes(tmp_path, capsys) -> None:
     out = tmp_path / 'pipeline.json'
-    argv = '--benchmark --frames 120 --shape 3 4 6 2 --clips 16 --backends numpy'.split()
+    argv = '--benchmark --frames 120 --shape 3 4 6 2 --clips 16 --backends numpy --threads 1 2'.split()
     pipeline.main([*argv, '--json', str(out)])
-    (row,) = json.loads(out.read_text())
-    assert row['backend'] == 'numpy' and row['clips'] == 16 and row['clips_per_s'] > 0
-    assert '| numpy |' in capsys.readouterr().out
+    rows = json.loads(out.read_text())
+    assert [(row['backend'], row['threads']) for row in rows] == [('numpy', 1), ('numpy', 2)]
+    assert all(row['clips'] == 16 and row['clips_per_s'] > 0 for row in rows)
+    printed = capsys.readouterr().out
+    assert '| numpy | 1 |' in printed and '| numpy | 2 |' in printed

@@ -264,11 +264,21 @@ def test_unknown_source(tmp_path):
         dataset.load_splits(data_config(tmp_path, source='youtube'), progress=False)
 
 
-def test_tfds_dataset_round_trip(tmp_path):
-    """The TFDS dataset holds every frame in order, and reads back as the same splits."""
-    data = config_lib.apply_variant(config_lib.base_config(), 'smoke').data
+def test_tfds_dataset_round_trip(tmp_path, capsys):
+    """Only when asked (here added to a built entry); every frame in order; reads back as the same splits."""
+    data = config_lib.base_config().data
+    data.height, data.width, data.time_steps, data.horizon = 16, 20, 4, 6
+    data.synthetic.split_frames = (120, 60, 60)
     data.data_dir = str(tmp_path / 'cache')
-    folder = dataset.prepare(data, progress=False, write_tfds=True)
+    assert data.write_tfds is False  # the default: no TFDS copy that training never reads
+    folder = dataset.prepare(data, progress=False)
+    assert not (folder / 'tfds').exists()
+    data.write_tfds = True
+    assert dataset.prepare(data, progress=False) == folder
+    printed = capsys.readouterr().out
+    assert f'dataset built: {folder} (' in printed and f'TFDS dataset added: {folder / "tfds"} (' in printed
+    assert 'Downloading' not in printed and 'Subsequent calls' not in printed
+    assert [path.name for path in folder.iterdir() if path.name.startswith('.')] == []
     splits = dataset.read_splits(folder, data)
 
     import tensorflow_datasets as tfds
@@ -294,9 +304,40 @@ def test_prepare_command(tmp_path, capsys):
     root = tmp_path / 'frames'
     for split in sources.SPLITS:
         write_frames(root / split, random_frames(14))
-    prepare.main(
-        ['--source', 'frames', '--path', str(root), '--data_dir', str(tmp_path / 'cache'), '--height', '12']
-        + ['--width', '16', '--time_steps', '2', '--horizon_seconds', '0.3', '--fps', '10', '--no_tfds']
-    )
+    cache_dir = ['--data_dir', str(tmp_path / 'cache')]
+    arguments = ['--source', 'frames', '--path', str(root), *cache_dir, '--height', '12', '--width', '16']
+    prepare.main(arguments + ['--time_steps', '2', '--horizon_seconds', '0.3', '--fps', '10'])
     printed = capsys.readouterr().out
     assert 'prepared dataset: ' in printed and 'test: 14 frames (12, 16), 3 samples' in printed
+    (entry,) = (tmp_path / 'cache').iterdir()
+    assert f'dataset built: {entry} (0.0 MB)' in printed and 'TFDS' not in printed
+    assert not (entry / 'tfds').exists()
+
+    # Listing: each entry, what it holds, its size; an interrupted build's leftovers too.
+    (tmp_path / 'cache' / f'.{entry.name}.tmp-1-abc').mkdir()
+    prepare.main(['--list', *cache_dir])
+    listed = capsys.readouterr().out.splitlines()
+    assert listed[0].startswith(f'cache {tmp_path / "cache"}: 2 entries, ')
+    assert (
+        listed[1].split()[0] == entry.name and 'frames, 12×16, frames: train 14, validation 14' in listed[1]
+    )
+    assert listed[2].split()[0] == f'.{entry.name}.tmp-1-abc' and 'unfinished build' in listed[2]
+
+    # Clearing one entry, a name that is none (one line, nothing removed), then all.
+    (tmp_path / 'cache' / 'notes.txt').write_text('not ours')
+    with pytest.raises(SystemExit, match=f"error: no cache entry 'frames-0' in .*entries: {entry.name}, "):
+        prepare.main(['--clear', 'frames-0', *cache_dir])
+    prepare.main(['--clear', entry.name, *cache_dir])
+    assert capsys.readouterr().out.startswith(f'removed {entry} (')
+    assert sorted(p.name for p in (tmp_path / 'cache').iterdir()) == [f'.{entry.name}.tmp-1-abc', 'notes.txt']
+    prepare.main(['--clear', '--list', *cache_dir])
+    assert capsys.readouterr().out.splitlines()[-1] == f'cache {tmp_path / "cache"}: 0 entries, 0.0 MB'
+    assert [p.name for p in (tmp_path / 'cache').iterdir()] == ['notes.txt']
+
+
+def test_prepare_command_bad_input_is_one_line(tmp_path):
+    from convlstm_jax.data import prepare
+
+    with pytest.raises(SystemExit, match='^error: frames source: expected a folder'):
+        prepare.main(['--source', 'frames', '--path', str(tmp_path / 'absent'), '--data_dir', str(tmp_path)])
+    assert list(tmp_path.iterdir()) == []

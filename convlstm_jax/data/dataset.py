@@ -5,12 +5,13 @@ A prepared dataset is a folder keyed by a hash of everything that shapes its con
 CACHE/<source>-<key>/meta.json                 what was built, from what (written last: marks it complete)
 CACHE/<source>-<key>/<split>.frames.npy        uint8 (T, H, W) at model resolution
 CACHE/<source>-<key>/<split>.{y_tilde,labels,recording}.npy
-CACHE/<source>-<key>/tfds/convlstm_frames/…    the same frames as a TFDS dataset (one example per frame)
+CACHE/<source>-<key>/tfds/convlstm_frames/…    only if asked: the same frames as a TFDS dataset
 ```
 It is built in a hidden temporary folder that is renamed into place at the end, so an interrupted or failed
-build leaves nothing that looks complete. The TFDS dataset is the format to hand to others
-(`tfds.load('convlstm_frames', data_dir=CACHE/<source>-<key>/tfds)`); loading here reads the .npy arrays,
-memory-mapped beyond `data.memmap_bytes`, which needs no TensorFlow.
+build leaves nothing that looks complete; one line then says where it is and how big. The TFDS dataset, the
+format to hand to others (`tfds.load('convlstm_frames', data_dir=CACHE/<source>-<key>/tfds)`), is written only
+when asked (`prepare --tfds`, `data.write_tfds`), also into an entry built before. Training reads the .npy
+arrays, memory-mapped beyond `data.memmap_bytes`, which needs no TensorFlow. data/cache.py lists and clears.
 """
 
 from __future__ import annotations
@@ -26,8 +27,10 @@ import uuid
 
 import numpy as np
 
+from convlstm_jax import io
+from convlstm_jax import progress as progress_lib
+from convlstm_jax.data import cache, sources
 from convlstm_jax.data import labels as labels_lib
-from convlstm_jax.data import sources
 
 FORMAT = 'convlstm_jax.frames/1'
 ARRAYS = ('frames', 'y_tilde', 'labels', 'recording')
@@ -66,22 +69,21 @@ def prepare(data, *, progress: bool = True, write_tfds: bool | None = None) -> p
     horizon = _horizon_frames(data, recordings)
     params = _content_params(data, recordings, horizon)
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
-    folder = cache_root(data) / f'{data.source}-{key}'
+    folder = cache.cache_root(data) / f'{data.source}-{key}'
+    write_tfds = data.write_tfds if write_tfds is None else write_tfds
     if (folder / 'meta.json').is_file():
+        if write_tfds and not (folder / 'tfds').is_dir():
+            _add_tfds(folder)
         return folder
     _check_long_enough(recordings, data, horizon)
-    write_tfds = data.write_tfds if write_tfds is None else write_tfds
     _build(folder, recordings, data, horizon, params, progress=progress, write_tfds=write_tfds)
+    progress_lib.write(f'dataset built: {folder} ({cache.folder_bytes(folder) / 1e6:.1f} MB)')
     return folder
-
-
-def cache_root(data) -> pathlib.Path:
-    return pathlib.Path(data.data_dir or pathlib.Path.home() / '.cache' / 'convlstm_jax').expanduser()
 
 
 def read_splits(folder: pathlib.Path, data) -> dict[str, Split]:
     """Loads a prepared dataset's splits; frames beyond data.memmap_bytes stay memory-mapped on disk."""
-    meta = json.loads((folder / 'meta.json').read_text())
+    meta = io.read_json(folder / 'meta.json')
     if meta.get('format') != FORMAT:
         raise ValueError(f'{folder} holds {meta.get("format")!r}, expected {FORMAT!r}; delete it to rebuild')
     splits = {}
@@ -184,8 +186,8 @@ def _build(
         meta['params'] = params
         meta['splits'] = _write_arrays(staging, recordings, data, horizon, progress=progress)
         if write_tfds:
-            _write_tfds_if_possible(staging, meta)
-        (staging / 'meta.json').write_text(json.dumps(meta, indent=1))
+            _write_tfds_if_possible(staging, meta, staging / 'tfds')
+        io.write_json(staging / 'meta.json', meta)
         try:
             os.rename(staging, folder)
         except OSError:
@@ -197,13 +199,30 @@ def _build(
         raise
 
 
-def _write_tfds_if_possible(staging: pathlib.Path, meta: dict) -> None:
+def _add_tfds(folder: pathlib.Path) -> None:
+    """Writes the TFDS dataset into an entry built without one, renamed into place when complete."""
+    staging = folder / f'.tfds.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}'
+    try:
+        if _write_tfds_if_possible(folder, io.read_json(folder / 'meta.json'), staging):
+            os.rename(staging, folder / 'tfds')
+            progress_lib.write(
+                f'TFDS dataset added: {folder / "tfds"} ({cache.folder_bytes(folder / "tfds") / 1e6:.1f} MB)'
+            )
+    except OSError:
+        if not (folder / 'tfds').is_dir():  # Not another process finishing first: a real failure.
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _write_tfds_if_possible(arrays: pathlib.Path, meta: dict, out: pathlib.Path) -> bool:
     try:
         from convlstm_jax.data import tfds_builder
     except ImportError as error:  # The GPU machines may have no TensorFlow: the arrays are enough there.
         logging.warning('TFDS dataset not written (%s); the .npy arrays are complete', error)
-        return
-    tfds_builder.write(staging, meta)
+        return False
+    tfds_builder.write(arrays, meta, out)
+    return True
 
 
 def _write_arrays(
@@ -214,8 +233,6 @@ def _write_arrays(
     *,
     progress: bool,
 ) -> dict[str, dict]:
-    from convlstm_jax import progress as progress_lib
-
     total = sum(r.num_frames for split in recordings.values() for r in split)
     info = {}
     with progress_lib.bar(total=total, unit='frame', desc='preparing frames', disable=not progress) as bar:

@@ -6,12 +6,13 @@ permutation drawn from (seed, e), with one flip code per position; step s takes 
 whatever the number of processes and devices, and a run resumed at a step sees the batches it would have seen.
 Evaluation visits every sample once, in order; the last global batch is padded (mask 0) rather than dropped.
 
-Two backends turn the plan into clips and produce identical batches:
-- 'tfdata': tf.data over the plan's steps with a parallel map that slices the clips (TensorFlow on the CPU);
-- 'numpy': the same slicing in a small pool of background threads, for machines without TensorFlow.
-Both run the same numpy slicing (`clips.batch_time_channels`): measured here it is 2–3× faster than slicing
-and transposing with TensorFlow ops, it reads memory-mapped frames in place, and it needs no second copy of
-the frames inside TensorFlow. Clips stay uint8 until the device.
+Two host backends turn the plan into clips and produce identical batches:
+- 'tfdata': tf.data made of TensorFlow ops (data/tfdata.py): a parallel map gathers and flips each clip from
+  the frames held in a tf.Variable (TensorFlow on the CPU only);
+- 'numpy': numpy slicing (`clips.batch_time_channels`) in a small pool of background threads, for machines
+  without TensorFlow; it reads memory-mapped frames in place.
+A third, 'device', yields the plan itself ('target', 'flip' as int32, no clips): the step cuts the clips on
+the accelerator from frames placed there once (data/device.py). Clips stay uint8 until the device.
 
 `python -m convlstm_jax.data.pipeline --benchmark` measures clips/s at the 2021 shape.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import collections
 import concurrent.futures
+import itertools
 import math
 import sys
 import time
@@ -35,7 +37,8 @@ from convlstm_jax import progress as progress_bars
 from convlstm_jax.data import clips as clips_lib
 from convlstm_jax.data.dataset import Split
 
-BACKENDS = ('tfdata', 'numpy')
+HOST_BACKENDS = ('tfdata', 'numpy')  # cut the clips on the host
+BACKENDS = (*HOST_BACKENDS, 'device')
 Batch = dict[str, np.ndarray]
 
 
@@ -73,7 +76,8 @@ def train_batches(
 
     Yields {'clips': uint8 (D, b, n, H, W, c), 'labels': float32 (D, b), 'index': int64 (D, b)} with
     D = local_device_count and b = global_batch / (process_count · D); 'index' is the target frame t.
-    `prefetch` batches are prepared ahead by `workers` threads (numpy) or tf.data's autotuned map.
+    Backend 'device' yields 'target' and 'flip' int32 (D, b) in place of 'clips'.
+    `prefetch` batches are prepared ahead by `workers` threads (either host backend).
     """
     _check_batching(global_batch, process_index, process_count, local_device_count)
     _check_split(split, clips_lib.clip_length(time_steps, frames_per_step))
@@ -205,7 +209,12 @@ def _batches(
         return clips_lib.batch_time_channels(frames, targets, time_steps, frames_per_step, flips=flips)
 
     if backend == 'tfdata':
-        steps = _tfdata_steps(plan, load, (time_steps, *frames.shape[1:], frames_per_step), prefetch)
+        from convlstm_jax.data import tfdata
+
+        steps = tfdata.steps(frames, plan, time_steps, frames_per_step, prefetch, workers)
+    elif backend == 'device':  # No clips: the step cuts them on the device (data/device.py) from these.
+        plan = {**plan, 'target': plan['target'].astype(np.int32), 'flip': plan['flip'].astype(np.int32)}
+        steps = ({key: value[step] for key, value in plan.items()} for step in range(plan['target'].shape[0]))
     elif backend == 'numpy':
         steps = _threaded_steps(plan, load, prefetch, workers)
     else:
@@ -233,31 +242,6 @@ def _threaded_steps(plan: dict[str, np.ndarray], load, prefetch: int, workers: i
         finally:  # The consumer stopped early: drop the work not started yet.
             for future in pending:
                 future.cancel()
-
-
-def _tfdata_steps(
-    plan: dict[str, np.ndarray], load, clip_shape: tuple[int, ...], prefetch: int
-) -> Iterator[Batch]:
-    """tf.data over the plan's steps; a parallel, order-preserving map slices the clips of each step."""
-    from convlstm_jax.tf_cpu import import_tensorflow
-
-    try:
-        tf = import_tensorflow()
-    except ImportError as error:
-        raise ImportError(f"the 'tfdata' pipeline needs TensorFlow ({error}); use backend='numpy'") from error
-
-    def add_clips(step: dict[str, Any]) -> dict[str, Any]:
-        clips = tf.numpy_function(load, [step['target'], step['flip']], tf.uint8, stateful=False)
-        clips.set_shape((step['target'].shape[0], *clip_shape))
-        fields = {key: value for key, value in step.items() if key not in ('target', 'flip')}
-        return {**fields, 'clips': clips}
-
-    dataset = (
-        tf.data.Dataset.from_tensor_slices(plan)
-        .map(add_clips, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        .prefetch(prefetch)
-    )
-    return dataset.as_numpy_iterator()
 
 
 def _per_device(batch: Batch, local_device_count: int) -> Batch:
@@ -336,11 +320,13 @@ def benchmark(
     batch: int = 4,
     num_clips: int = 4000,
     warmup_steps: int = 10,
-    backends: Sequence[str] = BACKENDS,
+    backends: Sequence[str] = HOST_BACKENDS,
+    threads: Sequence[int] = (2,),
     seed: int = 0,
 ) -> list[dict[str, Any]]:
-    """Training-pipeline clips/s for each backend on random frames (with flips); one row per backend.
+    """Training-pipeline clips/s on random frames (with flips); one row per backend and thread count.
 
+    `threads` sets the pipeline's `workers`: the threads that cut clips, for either backend.
     `startup_s`: building the pipeline and its warm-up steps (TensorFlow's import included), not timed.
     `clips_per_cpu_s` divides by the CPU time of all the process's threads: on a shared machine it says what
     the pipeline costs when the wall-clock rate only says how busy the neighbours are.
@@ -353,7 +339,7 @@ def benchmark(
     if num_steps <= warmup_steps:
         raise ValueError(f'{num_frames} frames leave no steps to time after {warmup_steps} warm-up steps')
     rows = []
-    for backend in backends:
+    for backend, workers in itertools.product(backends, threads):
         created = time.perf_counter()
         batches = train_batches(
             split,
@@ -364,18 +350,24 @@ def benchmark(
             backend=backend,
             time_steps=time_steps,
             frames_per_step=frames_per_step,
+            workers=workers,
         )
         for _ in range(warmup_steps):  # The clock starts once the pipeline is warm.
             next(batches)
         warm, warm_cpu = time.perf_counter(), time.process_time()
         progress = progress_bars.bar(
-            batches, total=num_steps - warmup_steps, desc=backend, unit='batch', file=sys.stderr
+            batches,
+            total=num_steps - warmup_steps,
+            desc=f'{backend} ×{workers}',
+            unit='batch',
+            file=sys.stderr,
         )
         timed_clips = sum(batch for _ in progress)
         seconds, cpu_seconds = time.perf_counter() - warm, time.process_time() - warm_cpu
         rows.append(
             {
                 'backend': backend,
+                'threads': workers,
                 'batch': batch,
                 'shape': [time_steps, height, width, frames_per_step],
                 'num_frames': num_frames,
@@ -398,7 +390,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument('--shape', type=int, nargs=4, default=(30, 120, 160, 4), metavar=('N', 'H', 'W', 'C'))
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--clips', type=int, default=4000, help='clips timed per backend, after a warm-up')
-    parser.add_argument('--backends', nargs='+', choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument('--backends', nargs='+', choices=HOST_BACKENDS, default=list(HOST_BACKENDS))
+    parser.add_argument(
+        '--threads', type=int, nargs='+', default=[2], help='threads that cut clips; several: one row each'
+    )
     parser.add_argument('--json', help='also write the rows to this JSON file')
     args = parser.parse_args(argv)
     if not args.benchmark:
@@ -413,12 +408,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch=args.batch,
         num_clips=args.clips,
         backends=args.backends,
+        threads=args.threads,
     )
-    print('| backend | clips/s | clips per CPU-s | batch | clip shape | frames | startup s |')
-    print('|---|---|---|---|---|---|---|')
+    print('| backend | threads | clips/s | clips per CPU-s | batch | clip shape | frames | startup s |')
+    print('|---|---|---|---|---|---|---|---|')
     for row in rows:
         rates = [f'{row["clips_per_s"]:.0f}', f'{row["clips_per_cpu_s"]:.0f}']
-        cells = [row['backend'], *rates, row['batch'], '×'.join(map(str, row['shape'])), row['num_frames']]
+        cells = [
+            row['backend'],
+            row['threads'],
+            *rates,
+            row['batch'],
+            '×'.join(map(str, row['shape'])),
+            row['num_frames'],
+        ]
         print('| ' + ' | '.join(map(str, [*cells, f'{row["startup_s"]:.1f}'])) + ' |')
     if args.json:
         io.write_json(args.json, rows)

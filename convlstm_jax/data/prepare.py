@@ -1,9 +1,11 @@
-"""Builds a prepared dataset (the .npy arrays and the TFDS dataset) from a source, with a progress bar.
+"""Builds a prepared dataset (.npy arrays; TFDS if asked) from a source; lists and clears the cache.
 
     python -m convlstm_jax.data.prepare --source synthetic --data_dir ~/data/fish
-    python -m convlstm_jax.data.prepare --source synthetic --variant quick --data_dir ~/data/fish
+    python -m convlstm_jax.data.prepare --source synthetic --variant quick --data_dir ~/data/fish --tfds
     python -m convlstm_jax.data.prepare --source frames --path /data/fish2021 --height 120 --width 160
     python -m convlstm_jax.data.prepare --source video --path tank.mp4 --resize area --horizon_seconds 1.5
+    python -m convlstm_jax.data.prepare --list                   # entries, what they hold, sizes
+    python -m convlstm_jax.data.prepare --clear synthetic-0123456789abcdef   # one entry; --clear alone: all
 
 The defaults are those of `config.base_config().data` (after `--variant`); training with the same data
 settings finds the dataset in the cache instead of building it again.
@@ -12,9 +14,11 @@ settings finds the dataset in the cache instead of building it again.
 from __future__ import annotations
 
 import argparse
+import pathlib
+import sys
 
 from convlstm_jax import config as config_lib
-from convlstm_jax.data import dataset
+from convlstm_jax.data import cache, dataset
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -39,7 +43,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--label_file', help='per-frame labels beside each recording, instead of the ỹ rule')
     parser.add_argument('--synthetic_frames', type=int, nargs=3, metavar=('TRAIN', 'VALIDATION', 'TEST'))
     parser.add_argument('--seed', type=int, help='synthetic tank seed')
-    parser.add_argument('--no_tfds', action='store_true', help='write the .npy arrays only')
+    parser.add_argument(
+        '--tfds', action='store_true', help='also write the TFDS dataset (tfds.load), also into a built entry'
+    )
+    parser.add_argument('--list', action='store_true', help='list the cache: entries, contents, sizes')
+    parser.add_argument(
+        '--clear', nargs='?', const='all', metavar='ENTRY', help='remove one cache entry, or all (no ENTRY)'
+    )
     return parser.parse_args(argv)
 
 
@@ -71,8 +81,19 @@ def data_config(args: argparse.Namespace):
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     data = data_config(args)
-    folder = dataset.prepare(data, progress=True, write_tfds=not args.no_tfds)
-    splits = dataset.read_splits(folder, data)
+    root = cache.cache_root(data)
+    try:
+        if args.list or args.clear:
+            if args.clear:
+                for entry in cache.clear(root, args.clear):
+                    print(f'removed {entry.path} ({entry.size_mb:.1f} MB)')
+            if args.list:
+                print_cache(root)
+            return
+        folder = dataset.prepare(data, progress=True, write_tfds=args.tfds)
+        splits = dataset.read_splits(folder, data)
+    except ValueError as error:
+        sys.exit(f'error: {error}')
     print(f'prepared dataset: {folder}')
     for name, split in splits.items():
         positives = split.labels[split.samples].mean() if len(split.samples) else float('nan')
@@ -85,6 +106,14 @@ def main(argv: list[str] | None = None) -> None:
             f"TFDS: tfds.load('convlstm_frames', data_dir='{folder / 'tfds'}') after importing "
             'convlstm_jax.data.tfds_builder'
         )
+
+
+def print_cache(root: pathlib.Path) -> None:
+    found = cache.entries(root)
+    total = sum(entry.size_bytes for entry in found) / 1e6
+    print(f'cache {root}: {len(found)} entr{"y" if len(found) == 1 else "ies"}, {total:.1f} MB')
+    for entry in found:
+        print(f'  {entry.name}  {entry.size_mb:9.1f} MB  {entry.description}')
 
 
 if __name__ == '__main__':

@@ -7,6 +7,8 @@ only a video model sees) and barely from the speed proxy ỹ alone.
 
 The motion is simulated in tank units (the pixels of a 120×160 frame) and rendered directly at any frame
 size, each fish an anti-aliased elongated Gaussian splat on a small patch. Deterministic given the seed.
+
+A video of it to predict on: `python -m convlstm_jax.data.tank_video --seconds 60 --out tank.mp4`.
 """
 
 from __future__ import annotations

@@ -54,6 +54,14 @@ class ConvlstmFrames(tfds.core.GeneratorBasedBuilder):
             disable_shuffling=True,  # Examples stay in frame order.
         )
 
+    # TFDS prints "Downloading and preparing dataset …" and "… downloaded and prepared": nothing is
+    # downloaded here, and dataset.prepare says itself where the dataset is.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
+
     def _split_generators(self, dl_manager) -> dict[str, Iterator]:
         if self._arrays_dir is None:
             raise ValueError(f'{NAME} is built by convlstm_jax.data.prepare; it cannot be downloaded')
@@ -77,9 +85,9 @@ class ConvlstmFrames(tfds.core.GeneratorBasedBuilder):
             )
 
 
-def write(folder: pathlib.Path, meta: dict) -> None:
-    """Writes the TFDS dataset of the arrays in `folder` to folder/tfds."""
-    builder = ConvlstmFrames(arrays_dir=folder, meta=meta, data_dir=str(folder / 'tfds'))
+def write(folder: pathlib.Path, meta: dict, out: pathlib.Path) -> None:
+    """Writes the TFDS dataset of the arrays in `folder` to `out` (its data_dir)."""
+    builder = ConvlstmFrames(arrays_dir=folder, meta=meta, data_dir=str(out))
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(try_download_gcs=False))
 
 
