@@ -59,7 +59,7 @@ def main(argv: list[str]) -> None:
 
     logging.info('config:\n%s', config)
     try:  # train_and_evaluate checks everything before it writes the workdir
-        summary = train.train_and_evaluate(config, workdir.absolute(), devices_note=devices_note)
+        summary = train.train_and_evaluate(config, workdir, devices_note=devices_note)
     except checkpoints.CheckpointError as e:  # a corrupt checkpoint: the one line names the step and the file
         if jax.process_count() > 1:
             raise

@@ -323,8 +323,10 @@ def test_default_workdir_and_one_device_per_core(tmp_path, data_dir):
     assert json.loads((workdir / 'config.json').read_text())['data']['height'] == 16
     count = cli.automatic_cpu_devices((4, 8), multi_process=False, environ={})
     if count > 1:
-        assert result.stdout.startswith(f'{count} CPU devices (one per core); initialized randomly')
-        assert f'{count} device(s) × {4 // count} clips' in result.stdout
+        assert result.stdout.startswith(
+            f'workdir runs/two_layer_smoke: initialized randomly; 66,849 parameters; '
+            f'{count} CPU devices (one per core) × {4 // count} clips;'
+        ), result.stdout
     for noise in ('cuInit', 'cuda', 'absl::InitializeLog', 'oneDNN', 'Downloading'):
         assert noise not in result.stderr, result.stderr
 
