@@ -43,7 +43,6 @@ the signal; stopping on SIGTERM is `should_stop`'s job. On CPU, collectives acro
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import os
@@ -65,8 +64,6 @@ _ENV_LOCAL_DEVICE_IDS = ENV_PREFIX + 'LOCAL_DEVICE_IDS'
 _ENV_MODE = ENV_PREFIX + 'DISTRIBUTED'
 _ENV_INIT_TIMEOUT = ENV_PREFIX + 'DISTRIBUTED_INIT_TIMEOUT'
 _ENV_HEARTBEAT_TIMEOUT = ENV_PREFIX + 'DISTRIBUTED_HEARTBEAT_TIMEOUT'
-_ENV_CPU_DEVICES = ENV_PREFIX + 'CPU_DEVICES'
-_CPU_DEVICE_FLAG = '--xla_force_host_platform_device_count'
 
 MODES = ('auto', 'off')
 
@@ -156,43 +153,6 @@ def initialize_from_flags(
         heartbeat_timeout=flag_values.distributed_heartbeat_timeout,
     )
     return group
-
-
-def use_cpu_devices(count: int, env: dict[str, str] | None = None) -> None:
-    """Makes XLA's CPU platform expose `count` devices, through XLA_FLAGS in `env` (default: this process's,
-    which must not have started JAX's backends yet). GPUs are unaffected: they stay the default platform.
-
-    XLA:CPU leaves much of a core idle inside one device's program (small fusions run one after the
-    other); with one device per core the cores run their shards of the pmapped step side by side.
-    """
-    if count < 1:
-        raise ValueError(f'cpu_devices must be a positive number of devices, got {count}')
-    if env is None:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            raise RuntimeError('use_cpu_devices must run before JAX creates its devices')
-        env = os.environ
-    others = re.sub(rf'{_CPU_DEVICE_FLAG}=\S*', '', env.get('XLA_FLAGS', '')).split()
-    env['XLA_FLAGS'] = ' '.join([*others, f'{_CPU_DEVICE_FLAG}={count}'])
-
-
-def add_cpu_devices_argument(parser: argparse.ArgumentParser) -> None:
-    """`--cpu_devices N` for the argparse commands not yet on absl (the absl flag, with the automatic
-    one-device-per-core default, is cli.CPU_DEVICES): remove once they adopt cli.py."""
-
-    def count(text: str) -> int:
-        if not text.isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f'expected a positive number of devices, got {text!r}')
-        return int(text)
-
-    parser.add_argument(
-        '--cpu_devices',
-        type=count,
-        default=None,
-        help='split the CPU into this many JAX devices and the batches over them (CPU-only machines: one '
-        'per core is fastest); no effect on a GPU',
-    )
 
 
 def resolve(
