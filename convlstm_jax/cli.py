@@ -46,6 +46,7 @@ from convlstm_jax import config as config_lib
 from convlstm_jax import distributed
 
 CPU_DEVICES_ENV = 'CONVLSTM_CPU_DEVICES'
+_SECTION_TITLES = {'convlstm_jax.cli': 'common options', 'convlstm_jax.config': 'config'}
 _HELP_FLAGS = ('-h', '--help', '-help', '--helpshort', '-helpshort', '--helpfull', '-helpfull', '-?')
 
 _CPU_DEVICES_HELP = (
@@ -242,15 +243,13 @@ def model_config(checkpoint: str | os.PathLike, holder: flags.FlagHolder | None 
 
 
 def model_config_or_exit(checkpoint: str | os.PathLike, holder: flags.FlagHolder | None = None):
-    """`model_config`, or exit: a bad override or config.json in one line with status 1, no model at
-    `checkpoint` in one line with status 2 (as the commands' other errors about their inputs)."""
+    """`model_config`, or exit in one line (status 1) on a bad override or config.json; no model at
+    `checkpoint` stays an exception (FileNotFoundError, ValueError) that the command reports as it reports
+    its other bad inputs."""
     try:
         return model_config(checkpoint, holder)
     except config_lib.ConfigError as e:
         sys.exit(f'error: {e}')
-    except (FileNotFoundError, ValueError) as e:
-        print(f'error: {e}', file=sys.stderr, flush=True)
-        sys.exit(2)
 
 
 def config_from_workdir_or_exit(path, holder: flags.FlagHolder, *, spec=None):
@@ -285,7 +284,7 @@ def help_text(
             continue
         lines = flag_values.module_help(module).splitlines()
         body = '\n'.join(line for line in lines if line.strip() and line.strip() != f'{module}:')
-        title = 'options' if module == main_module else f'options of {module}'
+        title = 'options' if module == main_module else _SECTION_TITLES.get(module, f'options of {module}')
         sections.append(f'{title}:\n{body}')
     footer = (
         'Every config field is an option too: --config.FIELD=VALUE (e.g. --config.batch_size=8); '
