@@ -334,14 +334,17 @@ def flags_parser(
 
 
 def run(
-    main: Callable[[flags.FlagValues], int | None],
+    main: Callable[..., int | None],
     doc: str,
     define: Callable[[flags.FlagValues, list[str]], None],
     argv: Sequence[str] | None = None,
+    *,
+    positional: Sequence[str] = (),
 ) -> int:
     """Runs a command: `define(flag_values, argv)` defines its options in a fresh FlagValues, `argv` (the
     arguments without the program name; default sys.argv[1:]) is parsed as `flags_parser` parses (--help
-    exits 0, errors exit in one line), and `main(flag_values)` runs. Returns main's exit status (None: 0).
+    exits 0, errors exit in one line), and `main(flag_values, *arguments)` runs, with one argument per name
+    in `positional`. Returns main's exit status (None: 0).
 
     absl's global FLAGS would hold every command's options at once, and evaluate, predict and visualize
     share option names (--checkpoint, --out), so two commands in one process (the tests) would collide.
@@ -351,12 +354,14 @@ def run(
     config_lib.definition_errors.clear()
     define(flag_values, full)
     command = define.__module__ if define.__module__ != '__main__' else sys.argv[0]
-    rest = flags_parser(doc, flag_values, command=command)(full)
-    if len(rest) > 1:
-        sys.exit(f'error: unexpected arguments: {" ".join(rest[1:])} (see --help)')
+    arguments = flags_parser(doc, flag_values, command=command)(full)[1:]
+    if len(arguments) != len(positional):
+        expected = ' '.join(positional) or 'no arguments besides the options'
+        found = ' '.join(arguments) or 'none'
+        sys.exit(f'error: expected {expected}, found {found} (see --help)')
     if not flags.FLAGS.is_parsed():  # absl logging (orbax logs through it) asks whether flags are parsed
         flags.FLAGS.mark_as_parsed()
-    return int(main(flag_values) or 0)
+    return int(main(flag_values, *arguments) or 0)
 
 
 def _config_argument(argv: Sequence[str]) -> str:
