@@ -344,7 +344,7 @@ def run(
     """Runs a command: `define(flag_values, argv)` defines its options in a fresh FlagValues, `argv` (the
     arguments without the program name; default sys.argv[1:]) is parsed as `flags_parser` parses (--help
     exits 0, errors exit in one line), and `main(flag_values, *arguments)` runs, with one argument per name
-    in `positional`. Returns main's exit status (None: 0).
+    in `positional` ('[NAME]': optional, None when absent). Returns main's exit status (None: 0).
 
     absl's global FLAGS would hold every command's options at once, and evaluate, predict and visualize
     share option names (--checkpoint, --out), so two commands in one process (the tests) would collide.
@@ -355,10 +355,12 @@ def run(
     define(flag_values, full)
     command = define.__module__ if define.__module__ != '__main__' else sys.argv[0]
     arguments = flags_parser(doc, flag_values, command=command)(full)[1:]
-    if len(arguments) != len(positional):
+    required = [name for name in positional if not name.startswith('[')]  # '[ENTRY]': optional
+    if not len(required) <= len(arguments) <= len(positional):
         expected = ' '.join(positional) or 'no arguments besides the options'
         found = ' '.join(arguments) or 'none'
         sys.exit(f'error: expected {expected}, found {found} (see --help)')
+    arguments += [None] * (len(positional) - len(arguments))
     if not flags.FLAGS.is_parsed():  # absl logging (orbax logs through it) asks whether flags are parsed
         flags.FLAGS.mark_as_parsed()
     return int(main(flag_values, *arguments) or 0)

@@ -153,6 +153,12 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     return c
 
 
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """This file as a config file: the base recipe with a variant (`--config convlstm_jax/config.py:quick`),
+    the default of commands whose config only needs the data fields (data.prepare)."""
+    return apply_variant(base_config(), arg)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The loader
 
@@ -162,6 +168,7 @@ def define_config_flag(
     from_workdir: bool = False,
     flag_values: flags.FlagValues = flags.FLAGS,
     argv: Sequence[str] | None = None,
+    default: str | None = None,
 ) -> flags.FlagHolder:
     """`--config FILE[:variant]` with `--config.FIELD=VALUE` overrides; with `from_workdir`, the overrides
     alone, typed by `base_config()`, for `config_from_workdir`. config_flags finds the overrides in `argv`
@@ -169,7 +176,7 @@ def define_config_flag(
     argv = None if argv is None else list(argv)
     if not from_workdir:
         return config_flags.DEFINE_config_file(
-            'config', None, _FILE_HELP, flag_values=flag_values, sys_argv=argv
+            'config', default, _FILE_HELP, flag_values=flag_values, sys_argv=argv
         )
     try:  # an inline config takes its overrides from the command line here, at definition
         return config_flags.DEFINE_config_dict(
