@@ -151,10 +151,9 @@ def load_config(model: str) -> Any:
     if not path.is_file():
         known = sorted(p.stem for p in CONFIGS_DIR.glob('*.py'))
         raise ValueError(f'unknown model {model!r}: expected one of {known} or the path of a config file')
-    module_spec = importlib.util.spec_from_file_location(f'_benchmark_config_{path.stem}', path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config()
+    from convlstm_jax import config as config_lib
+
+    return config_lib.load_config_file(str(path))  # the loader every --config goes through, checked
 
 
 def row_config(spec: RowSpec) -> Any:
@@ -680,9 +679,9 @@ def worker_environment(spec: RowSpec) -> dict[str, str]:
     if spec.framework in KERAS3_BACKENDS:
         env['KERAS_BACKEND'] = KERAS3_BACKENDS[spec.framework]
     if spec.devices > 1:
-        from convlstm_jax import distributed
+        from convlstm_jax import cli
 
-        distributed.use_cpu_devices(spec.devices, env)
+        cli.use_cpu_devices(spec.devices, env)
     return env
 
 
