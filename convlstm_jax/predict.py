@@ -16,10 +16,9 @@ The video is streamed: only a sliding window of frames (one clip's history plus 
 decoded) is held in memory. preds.csv has the columns frame,probability, one row per frame; the probability
 is left empty for the first T·C − 1 frames, which have no full clip. The optional plot shows it over time.
 
-The config comes from the training workdir's config.json (a model directory without one takes model.json's
-input contract); --config.data.resize=area changes how a video's frames are resized, and overrides that would
-change the architecture are refused. On a CPU-only machine the CPU is split into one JAX device per core
-(--cpu_devices=1 turns that off).
+The config is the workdir's config.json (else model.json's contract): --config.data.resize=area changes how
+video frames are resized; architecture overrides are refused. A CPU-only machine is split into one JAX device
+per core (--cpu_devices=1 turns that off).
 """
 
 from __future__ import annotations
@@ -398,30 +397,25 @@ def define_flags(flag_values: Any, argv: list[str]) -> None:
 
     config_lib.define_config_flag(from_workdir=True, flag_values=flag_values, argv=argv)
     cli.define_common_flags(flag_values)
-    for name, text in (
-        ('checkpoint', 'Model directory, training workdir or step directory.'),
-        ('clips', '.npy of clips (N, T, H, W, C), uint8 or float in [0, 1].'),
-        ('video', 'A video file of one new recording (anything PyAV reads).'),
-        ('frames', 'A folder of numbered frames (00000.png, …) of one new recording.'),
-        (
-            'out',
-            'With --clips: .npy of probabilities (N,) float32; with --video/--frames: CSV frame,probability.',
-        ),
-        ('plot', 'With --video/--frames: PNG of the probability over time.'),
-    ):
-        flags.DEFINE_string(name, None, text, flag_values=flag_values)
-    flags.DEFINE_enum(
-        'select', 'best_auc', checkpoints.SELECTIONS, 'Step of a workdir.', flag_values=flag_values
+    f = flag_values
+    flags.DEFINE_string(
+        'checkpoint', None, 'Model directory, training workdir or step directory.', flag_values=f
     )
-    flags.DEFINE_integer(
-        'batch_size',
-        8,
-        'Clips per prediction batch (split over the devices).',
-        lower_bound=1,
-        flag_values=flag_values,
+    flags.DEFINE_string(
+        'clips', None, '.npy of clips (N, T, H, W, C), uint8 or float in [0, 1].', flag_values=f
     )
-    flags.mark_flags_as_required(['checkpoint', 'out'], flag_values=flag_values)
-    flags.mark_flags_as_mutual_exclusive(['clips', 'video', 'frames'], required=True, flag_values=flag_values)
+    flags.DEFINE_string('video', None, 'A video of one new recording (anything PyAV reads).', flag_values=f)
+    flags.DEFINE_string('frames', None, 'A folder of numbered frames (00000.png, …) of one.', flag_values=f)
+    flags.DEFINE_string(
+        'out', None, '--clips: .npy of probabilities (N,); else CSV frame,probability.', flag_values=f
+    )
+    flags.DEFINE_string(
+        'plot', None, 'With --video/--frames: PNG of the probability over time.', flag_values=f
+    )
+    flags.DEFINE_enum('select', 'best_auc', checkpoints.SELECTIONS, 'Step of a workdir.', flag_values=f)
+    flags.DEFINE_integer('batch_size', 8, 'Clips per batch (split over the devices).', 1, flag_values=f)
+    flags.mark_flags_as_required(['checkpoint', 'out'], flag_values=f)
+    flags.mark_flags_as_mutual_exclusive(['clips', 'video', 'frames'], required=True, flag_values=f)
 
 
 def run(f: Any) -> int:
@@ -436,7 +430,11 @@ def run(f: Any) -> int:
         if note:
             print(f'predicting with {f.checkpoint} on {note}', flush=True)
         if f.clips:
-            _predict_clips_cli(f)
+            probabilities = predict_clips_file(
+                f.checkpoint, f.clips, select=f.select, batch_size=f.batch_size
+            )
+            io.write_atomic(f.out, lambda file: np.save(file, probabilities))
+            print(f'wrote {f.out}: {len(probabilities)} probabilities, mean {_mean(probabilities)}')
         else:
             _predict_recording_cli(f, config.data.resize)
     except (
@@ -453,14 +451,6 @@ def main(argv: list[str] | None = None) -> int:
     from convlstm_jax import cli
 
     return cli.run(run, __doc__, define_flags, argv)
-
-
-def _predict_clips_cli(args: Any) -> None:
-    probabilities = predict_clips_file(
-        args.checkpoint, args.clips, select=args.select, batch_size=args.batch_size
-    )
-    io.write_atomic(args.out, lambda f: np.save(f, probabilities))
-    print(f'wrote {args.out}: {len(probabilities)} probabilities, mean {_mean(probabilities)}')
 
 
 def _predict_recording_cli(args: Any, resize: str) -> None:
