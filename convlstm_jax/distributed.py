@@ -11,31 +11,19 @@ How main.py uses it:
         if distributed.should_stop(stop_requested):  # True on all processes if True on any
             save and leave the loop
 
-Where the process group comes from, first match wins:
-1. Flags `--coordinator_address=HOST:PORT --num_processes=N --process_id=I [--local_device_ids=0,1]`, or the
-   environment variables `CONVLSTM_COORDINATOR_ADDRESS`, `CONVLSTM_NUM_PROCESSES`, `CONVLSTM_PROCESS_ID`,
-   `CONVLSTM_LOCAL_DEVICE_IDS` (a flag beats its variable). Coordinator, count and id are then all required,
-   except under srun/mpirun, where a coordinator alone is enough: count and id come from SLURM_* / OMPI_*.
-2. SLURM (inside `srun`: SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID)
-   or Open MPI (`mpirun`: `OMPI_*`), detected by JAX's own cluster code, so the coordinator is the first node
-   of the step on the port JAX derives from the job id (`JAX_COORDINATOR_PORT` overrides it).
+Where the process group comes from, first match wins (docs/launch.md lists the flags and variables):
+1. Flags `--coordinator_address --num_processes --process_id [--local_device_ids]`, or their CONVLSTM_*
+   variables (a flag beats its variable); under srun/mpirun a coordinator alone is enough.
+2. SLURM or Open MPI, detected by JAX's own cluster code (`JAX_COORDINATOR_PORT` overrides the port).
 3. Otherwise, or with one process, or with `--distributed=off`: a single-process run.
 
-Local devices under SLURM/Open MPI: JAX alone would give every process only the GPU numbered like its local
-rank — right for one process per GPU, wrong for one process per node (only GPU 0 would train). Here the GPUs a
-process sees (`CUDA_VISIBLE_DEVICES`, else `/dev/nvidiaN`) are split evenly among the processes of its node:
-one process per node drives them all; a process whose GPUs were bound to it by the scheduler uses all it sees.
-`--local_device_ids` overrides the rule (`all` = every visible device).
+Local devices under SLURM/Open MPI: the GPUs a process sees are split evenly among the processes of its node
+(JAX alone would give each only the GPU numbered like its local rank); `--local_device_ids` overrides this.
 
-Failure behaviour, bounded by `--distributed_heartbeat_timeout` (default 100 s):
-- process 0 first checks that the coordinator port is free (JAX 0.10 segfaults on a port in use);
-- a process that dies is noticed by the others within the heartbeat timeout (JAX's coordination service then
-  terminates them with "Terminating process because the JAX distributed service detected fatal errors"); a
-  collective that loses its peer fails at once;
-- an uncaught exception in a multi-process run is printed and the process exits at once with status 1,
-  instead of waiting in JAX's shutdown barrier while the others wait in a collective for it;
-- a process that cannot reach the coordinator exits non-zero after about `--distributed_init_timeout`
-  (default 300 s; also how long a finished process waits for the others at exit).
+Failure behaviour, bounded by `--distributed_heartbeat_timeout` (default 100 s): process 0 first checks that
+the coordinator port is free (JAX 0.10 segfaults on a port in use); a dead process is noticed by the others
+within the heartbeat timeout; an uncaught exception prints and exits at once with status 1 instead of waiting
+in JAX's shutdown barrier; a process that cannot reach the coordinator exits after `--distributed_init_timeout`.
 
 JAX's preemption service is switched off: it would install its own SIGTERM handler over Python's and swallow
 the signal; stopping on SIGTERM is `should_stop`'s job. On CPU, collectives across processes use gloo.
