@@ -179,15 +179,17 @@ def define_config_flag(
             'config', default, _FILE_HELP, flag_values=flag_values, sys_argv=argv
         )
     try:  # an inline config takes its overrides from the command line here, at definition
-        return config_flags.DEFINE_config_dict(
+        holder = config_flags.DEFINE_config_dict(
             'config', base_config(), _WORKDIR_HELP, flag_values=flag_values, sys_argv=argv
         )
     except (AttributeError, KeyError) as e:  # an override naming no field: reported by cli's flag parsing
         definition_errors.append(e)
         program = sys.argv[:1] if argv is None else argv[:1]
-        return config_flags.DEFINE_config_dict(
+        holder = config_flags.DEFINE_config_dict(
             'config', base_config(), _WORKDIR_HELP, flag_values=flag_values, sys_argv=program
         )
+    flag_values['config'].default_as_str = None  # --help: not the whole base config as YAML
+    return holder
 
 
 def load_config_file(argument: str) -> ml_collections.ConfigDict:

@@ -23,7 +23,7 @@ Local devices under SLURM/Open MPI: the GPUs a process sees are split evenly amo
 Failure behaviour, bounded by `--distributed_heartbeat_timeout` (default 100 s): process 0 first checks that
 the coordinator port is free (JAX 0.10 segfaults on a port in use); a dead process is noticed by the others
 within the heartbeat timeout; an uncaught exception prints and exits at once with status 1 instead of waiting
-in JAX's shutdown barrier; a process that cannot reach the coordinator exits after `--distributed_init_timeout`.
+in JAX's shutdown barrier; a process that cannot reach the coordinator exits after its init timeout.
 
 JAX's preemption service is switched off: it would install its own SIGTERM handler over Python's and swallow
 the signal; stopping on SIGTERM is `should_stop`'s job. On CPU, collectives across processes use gloo.
