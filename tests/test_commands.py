@@ -273,3 +273,31 @@ def test_every_documented_command_parses(command, monkeypatch):
             cli.flags_parser('', values)(argv)
         except SystemExit as e:
             pytest.fail(f'{where}: {e.code}')
+
+
+@pytest.mark.slow
+def test_predict_splits_the_cpu_and_says_so_first(trained_workdir, tmp_path):
+    """No --cpu_devices and no CONVLSTM_CPU_DEVICES: one device per core, said on the first line; the same
+    probabilities with --cpu_devices=1, which says nothing."""
+    np.save(tmp_path / 'clips.npy', np.random.default_rng(0).integers(0, 256, (5, 4, 16, 20, 4), np.uint8))
+    outputs = {}
+    for name, extra in (('auto', []), ('one', ['--cpu_devices=1'])):
+        out = tmp_path / f'{name}.npy'
+        result = subprocess.run(
+            [sys.executable, '-m', 'convlstm_jax.predict', '--checkpoint', str(trained_workdir), '--select']
+            + ['latest', '--clips', str(tmp_path / 'clips.npy'), '--out', str(out), *extra],
+            cwd=REPO_ROOT,
+            env={**os.environ, 'JAX_PLATFORMS': 'cpu', 'CONVLSTM_CPU_DEVICES': ''},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[name] = (result.stdout.splitlines()[0], np.load(out))
+    count = cli.automatic_cpu_devices((8,), multi_process=False, environ={})
+    if count > 1:
+        assert (
+            outputs['auto'][0] == f'predicting with {trained_workdir} on {count} CPU devices (one per core)'
+        )
+    assert outputs['one'][0].startswith('wrote ')
+    np.testing.assert_allclose(outputs['auto'][1], outputs['one'][1], atol=1e-6)
