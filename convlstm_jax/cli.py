@@ -17,15 +17,17 @@ main.py runs on absl's global flags:
 The other commands define their options in a fresh FlagValues per run (`cli.run`), so that commands imported
 side by side (the tests, evaluate beside predict) never define the same flag twice:
 
-    def _define(flag_values, argv):
+    def define_flags(flag_values, argv):               # evaluate, predict, visualize (a workdir's config)
         config_lib.define_config_flag(from_workdir=True, flag_values=flag_values, argv=argv)
         cli.define_common_flags(flag_values)
         flags.DEFINE_string('checkpoint', None, 'Model directory, …', flag_values=flag_values)
-    def _main(flag_values) -> int:
+    def run(flag_values) -> int:
         config = cli.model_config_or_exit(flag_values.checkpoint, cli.config_holder(flag_values))
+        cli.print_config_and_exit_if_asked(config, flag_values)
+        note = cli.set_up_cpu_devices((BATCH,), multi_process=False, flag_values=flag_values)
         ...
-    def main(argv=None) -> int:
-        return cli.run(_main, __doc__, _define, argv)
+    def main(argv=None) -> int:                        # argv without the program name, as tests pass it
+        return cli.run(run, __doc__, define_flags, argv)
 """
 
 from __future__ import annotations
