@@ -213,6 +213,19 @@ def test_print_config_shows_the_workdir_config_with_the_overrides(trained_workdi
         assert config['data']['path'] == 'elsewhere' and config['model']['filters'] == [2], command
 
 
+def test_reference_mode_takes_no_config(tmp_path):
+    from convlstm_jax.evaluate import cli as evaluate_cli
+
+    for extra in ('--config.data.path=x', '--print_config'):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate_cli.main(['--reference', str(tmp_path), '--out', str(tmp_path / 'out'), extra])
+        assert (
+            exit_info.value.code
+            == 'error: --config.* overrides and --print_config apply to --checkpoint only'
+        )
+    assert not (tmp_path / 'out').exists()
+
+
 def _truncate_metadata(variables: pathlib.Path) -> str:
     path = variables / '_METADATA'
     path.write_bytes(path.read_bytes()[:20])

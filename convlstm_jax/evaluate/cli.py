@@ -59,9 +59,8 @@ def run(f: flags.FlagValues) -> int:
     bootstrap = BootstrapOptions(f.block_length, f.num_resamples, f.seed)
     try:
         if f.reference:
-            if config_lib.overrides_given(holder):
-                sys.exit('error: --config.* overrides apply to --checkpoint only')
-            cli.print_config_and_exit_if_asked(config_lib.base_config(), f)
+            if config_lib.overrides_given(holder) or f.print_config:
+                sys.exit('error: --config.* overrides and --print_config apply to --checkpoint only')
             report = reference_report(f.reference, f.out, bootstrap, window=f.window)
         else:
             config = cli.model_config_or_exit(f.checkpoint, holder)
