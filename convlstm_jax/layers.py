@@ -245,13 +245,8 @@ class ConvLSTM2D(nn.Module):
         frames = jnp.swapaxes(x.astype(jnp.float32), 0, 1)  # time-major (T, B, H, W, C)
         if self.go_backwards:
             frames = frames[::-1]
-        cell_fields = (self.activation, self.recurrent_activation, self.conv_spec())
-        h0, c0 = self._initial_state(
-            initial_state,
-            ConvLSTMCell(*cell_fields, parent=None).initialize_carry(
-                frames.shape[1:], kernel_hw, self.filters
-            ),
-        )
+        zeros = ConvLSTMCell.of(self).initialize_carry(frames.shape[1:], kernel_hw, self.filters)
+        h0, c0 = self._initial_state(initial_state, zeros)
         input_masks = recurrent_masks = None
         if self.dropout > 0.0 and not deterministic:
             input_masks = self._dropout_masks(self.dropout, (GATES, *frames.shape[1:]))
@@ -268,7 +263,8 @@ class ConvLSTM2D(nn.Module):
             out_axes=0,
             unroll=self.unroll,
         )
-        (h_last, c_last), hs = scan(*cell_fields, name='cell')(
+        cell = scan(self.activation, self.recurrent_activation, self.conv_spec(), name='cell')
+        (h_last, c_last), hs = cell(
             (h0, c0), frames, kernel, recurrent_kernel, bias, input_masks, recurrent_masks
         )
         out = jnp.swapaxes(hs, 0, 1) if self.return_sequences else h_last
