@@ -253,7 +253,8 @@ class ConvLSTM2D(nn.Module):
         if self.recurrent_dropout > 0.0 and not deterministic:
             recurrent_masks = self._dropout_masks(self.recurrent_dropout, (GATES, *h0.shape))
 
-        # Without remat, JAX would keep every gate intermediate of every step (1.7× the memory): keep z only.
+        # Without remat JAX would keep every gate intermediate of every step (1.7× the memory in a prototype):
+        # keep z only, and recompute the cheap activations from it.
         policy = None if self.remat else jax.checkpoint_policies.save_only_these_names('z')
         scan = nn.scan(
             nn.remat(ConvLSTMCell, policy=policy, prevent_cse=False),
