@@ -10,11 +10,11 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import keras_models
 import numpy as np
 import pytest
 
 from convlstm_jax import layers
+from convlstm_jax.benchmark import keras_models
 from convlstm_jax.layers import ConvLSTM2D
 from convlstm_jax.tf_cpu import import_tensorflow
 

@@ -11,13 +11,13 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import keras_models
 import numpy as np
 import optax
 import pytest
 
 from configs import one_layer, two_layer
 from convlstm_jax import parallel, train
+from convlstm_jax.benchmark import keras_models
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Reduced clip for the parity runs: (T, H, W, C); the 2-layer model ends on a 3×4 map.
