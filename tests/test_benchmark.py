@@ -95,6 +95,7 @@ def test_bad_flags_say_what_was_expected(capsys):
         ['--frameworks', 'caffe'],
         ['--shape', '30,120,160'],
         ['--devices', '0'],
+        ['--batch', '4,0'],
     ):
         with pytest.raises(SystemExit):
             benchmark.main(flags)
@@ -262,3 +263,38 @@ def test_end_to_end_torch_rows(tmp_path):
         _check_fields(row)
         assert row['gflop_per_clip'] == next(r for r in rows if r['mode'] == row['mode'])['gflop_per_clip']
         assert 'torch' in row['versions'] or row['framework'] == 'tf_keras'
+
+
+def test_plan_rows_for_compiled_memory_are_this_projects_training_steps_per_batch():
+    rows = benchmark.plan_rows(
+        models=['two_layer'],
+        frameworks=['tf_keras', 'convlstm_jax'],
+        modes=['train', 'infer'],
+        dtypes=['float32'],
+        remat=[False, True],
+        pipelines=['numpy'],
+        batches=[4, 64],
+        measure='compile',
+    )
+    assert [row.label() for row in rows] == [
+        'convlstm_jax two_layer train float32 compiled memory',
+        'convlstm_jax two_layer train float32 remat compiled memory',
+        'convlstm_jax two_layer train float32 batch 64 compiled memory',
+        'convlstm_jax two_layer train float32 remat batch 64 compiled memory',
+    ]
+
+
+@pytest.mark.slow
+def test_memory_analysis_at_tiny_size(tmp_path, capsys):
+    path = tmp_path / 'bench.json'
+    args = ['--models', 'two_layer', '--memory-analysis', '--remat', 'off,on', '--dtypes', 'float32']
+    benchmark.main([*args, '--shape', '4,16,20,4', '--batch', '2,8', '--json', str(path)])
+    rows = json.loads(path.read_text())
+    assert [(r['batch'], r['remat']) for r in rows] == [(2, False), (2, True), (8, False), (8, True)]
+    for row in rows:
+        assert 'error' not in row, row['error']
+        parts = row['compiled_argument_bytes'] + row['compiled_output_bytes'] - row['compiled_alias_bytes']
+        assert row['compiled_peak_bytes'] == parts + row['compiled_temp_bytes'] > 0
+    assert rows[2]['compiled_temp_bytes'] > rows[0]['compiled_temp_bytes']  # activations grow with the batch
+    table = capsys.readouterr().out
+    assert '| two_layer | float32 | off | 1 | 8 |' in table

@@ -23,7 +23,7 @@ from convlstm_jax.benchmark.harness import (
 from convlstm_jax.benchmark.jax_rows import PIPELINE_BACKENDS
 from convlstm_jax.benchmark.peers import available_frameworks
 from convlstm_jax.benchmark.runner import plan_rows, run_row, run_rows
-from convlstm_jax.benchmark.table import header_lines, markdown_table
+from convlstm_jax.benchmark.table import compiled_memory_table, header_lines, markdown_table
 
 
 def _choices(valid: Sequence[str], *, special: Sequence[str] = ()) -> Callable[[str], list[str]]:
@@ -53,14 +53,19 @@ def _shape(text: str) -> tuple[int, ...]:
     return shape
 
 
-def _device_counts(text: str) -> list[int]:
-    try:
-        counts = [int(v) for v in text.split(',')]
-    except ValueError:
-        counts = []
-    if not counts or min(counts) < 1:
-        raise argparse.ArgumentTypeError(f'expected positive device counts like 1,2; got {text!r}')
-    return counts
+def _positive_ints(example: str) -> Callable[[str], list[int]]:
+    """An argparse type: a comma list of positive integers, e.g. `example`."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(v) for v in text.split(',')]
+        except ValueError:
+            values = []
+        if not values or min(values) < 1:
+            raise argparse.ArgumentTypeError(f'expected positive integers like {example}; got {text!r}')
+        return values
+
+    return parse
 
 
 def _remat(text: str) -> list[bool]:
@@ -96,7 +101,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         '--devices',
         default='1',
-        type=_device_counts,
+        type=_positive_ints('1,2'),
         help='convlstm_jax rows: devices the step is pmapped over, e.g. 1,2; on a CPU each row splits the '
         'CPU into that many devices (--cpu_devices of the training job)',
     )
@@ -109,7 +114,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         'else numpy',
     )
     parser.add_argument('--shape', default=DEFAULT_SHAPE, type=_shape, help='clip shape T,H,W,C')
-    parser.add_argument('--batch', type=int, default=4)
+    parser.add_argument(
+        '--batch', default='4', type=_positive_ints('4,16,64'), help='global batch sizes, e.g. 4 or 4,16,64'
+    )
+    parser.add_argument(
+        '--memory-analysis',
+        action='store_true',
+        help="compile this project's training steps and report XLA's memory analysis per device instead of "
+        'running them (for batches that do not fit in memory); other frameworks and modes are left out',
+    )
     parser.add_argument('--steps', type=int, default=10, help='timed steps per row')
     parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (the first one compiles)')
     parser.add_argument(
@@ -123,13 +136,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument('--json', type=pathlib.Path, default=None, help='write the rows to this JSON file')
     parser.add_argument('--worker', nargs=2, metavar=('SPEC', 'RESULT'), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.batch < 1 or args.steps < 1 or args.warmup < 0:
-        parser.error(
-            f'expected --batch ≥ 1, --steps ≥ 1, --warmup ≥ 0; got {args.batch}, {args.steps}, {args.warmup}'
-        )
-    uneven = [count for count in args.devices if args.batch % count]
-    if uneven:
-        parser.error(f'--batch {args.batch} does not split evenly over {uneven} devices')
+    if args.steps < 1 or args.warmup < 0:
+        parser.error(f'expected --steps ≥ 1, --warmup ≥ 0; got {args.steps}, {args.warmup}')
+    for batch in args.batch:
+        uneven = [count for count in args.devices if batch % count]
+        if uneven:
+            parser.error(f'--batch {batch} does not split evenly over {uneven} devices')
     return args
 
 
@@ -181,7 +193,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         remat=args.remat,
         pipelines=resolve_pipelines(args.pipeline),
         devices=args.devices,
-        batch=args.batch,
+        batches=args.batch,
+        measure='compile' if args.memory_analysis else 'time',
         shape=args.shape,
         warmup=args.warmup,
         steps=args.steps,
@@ -197,5 +210,6 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         progress=lambda message: print(message, file=sys.stderr, flush=True),
         on_rows=(lambda rows: io.write_json(args.json, list(rows))) if args.json else (lambda rows: None),
     )
-    print('\n'.join(header_lines(rows, specs)) + '\n\n' + markdown_table(rows))
+    table = compiled_memory_table(rows) if args.memory_analysis else markdown_table(rows)
+    print('\n'.join(header_lines(rows, specs)) + '\n\n' + table)
     return rows

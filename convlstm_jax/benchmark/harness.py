@@ -42,6 +42,7 @@ MODES = ('train', 'infer')
 DTYPES = ('float32', 'bfloat16')
 REFERENCE_FRAMEWORK = 'tf_keras'
 DEFAULT_SHAPE = (30, 120, 160, 4)
+DEFAULT_BATCH = 4
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS_DIR = REPO_ROOT / 'configs'
 DISTINCT_BATCHES = 2  # cycled through, so that no step sees the previous step's input
@@ -104,7 +105,7 @@ class RowSpec:
     dtype: str = 'float32'
     remat: bool = False
     input: str = 'memory'  # 'memory' (shared batches in memory) or 'pipeline-<numpy|tfdata>': INPUT_MODES
-    batch: int = 4
+    batch: int = DEFAULT_BATCH
     shape: tuple[int, ...] = DEFAULT_SHAPE
     warmup: int = 2
     steps: int = 10
@@ -112,12 +113,15 @@ class RowSpec:
     seed: int = 0
     unroll: int | None = None
     devices: int = 1  # convlstm_jax: devices the step is pmapped over (on a CPU: the CPU split into these)
+    measure: str = 'time'  # 'time' the steps, or 'compile' only: the compiled program's memory analysis
 
     def label(self) -> str:
         parts = [self.framework, self.model, self.mode, self.dtype]
         parts += ['remat'] if self.remat else []
         parts += [f'{self.devices} devices'] if self.devices > 1 else []
         parts += [self.input] if self.input != 'memory' else []
+        parts += [f'batch {self.batch}'] if self.batch != DEFAULT_BATCH else []
+        parts += ['compiled memory'] if self.measure == 'compile' else []
         return ' '.join(parts)
 
 

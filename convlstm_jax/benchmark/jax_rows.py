@@ -164,3 +164,30 @@ def input_batches(spec: RowSpec) -> Batches:
         return INPUT_MODES[spec.input](spec)
     except KeyError:
         raise ValueError(f'unknown input {spec.input!r}: expected one of {sorted(INPUT_MODES)}') from None
+
+
+def compiled_memory(spec: RowSpec) -> dict[str, Any]:
+    """XLA's memory analysis of this project's compiled training step, per device, without running it.
+
+    For shapes whose step does not fit in host memory: `compiled_peak_bytes` = arguments + outputs − aliased
+    (the donated state) + temporaries, what the program needs at its peak besides its code.
+    """
+    if spec.mode != 'train':
+        raise ValueError(f'compiled memory is measured for training steps; got {spec.label()}')
+    config = row_config(spec)
+    devices = step_devices(spec)
+    step_fn, state = jax_train_step(config, spec.seed, devices)
+    batch = next(memory_batches(spec)(devices))
+    analysis = step_fn.lower(state, batch).compile().memory_analysis()
+    analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis  # per device, where a list
+    sizes = {
+        f'compiled_{name}_bytes': int(getattr(analysis, f'{name}_size_in_bytes'))
+        for name in ('argument', 'output', 'alias', 'temp', 'generated_code')
+    }
+    peak = sizes['compiled_argument_bytes'] + sizes['compiled_output_bytes'] - sizes['compiled_alias_bytes']
+    return {
+        **sizes,
+        'compiled_peak_bytes': peak + sizes['compiled_temp_bytes'],
+        'device': jax_device_name(),
+        'versions': versions('jax', 'jaxlib', 'flax', 'optax'),
+    }

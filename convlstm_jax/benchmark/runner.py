@@ -13,7 +13,13 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from convlstm_jax.benchmark.harness import KERAS3_BACKENDS, REPO_ROOT, TORCH_FRAMEWORKS, RowSpec
+from convlstm_jax.benchmark.harness import (
+    DEFAULT_BATCH,
+    KERAS3_BACKENDS,
+    REPO_ROOT,
+    TORCH_FRAMEWORKS,
+    RowSpec,
+)
 from convlstm_jax.benchmark.jax_rows import input_modes
 from convlstm_jax.benchmark.table import add_ratios, row_summary
 
@@ -23,9 +29,13 @@ LOG_TAIL_CHARS = 3000
 def run_row(spec: RowSpec) -> dict[str, Any]:
     """Measures one row in this process (a fresh subprocess started by `run_rows`)."""
     if spec.framework == 'convlstm_jax':
-        from convlstm_jax.benchmark.jax_rows import run_convlstm_jax
+        from convlstm_jax.benchmark import jax_rows
 
-        return run_convlstm_jax(spec)
+        return (
+            jax_rows.compiled_memory(spec) if spec.measure == 'compile' else jax_rows.run_convlstm_jax(spec)
+        )
+    if spec.measure != 'time':
+        raise ValueError(f'only convlstm_jax rows measure compiled memory; got {spec.label()}')
     from convlstm_jax.benchmark import peers
 
     return peers.run_torch(spec) if spec.framework in TORCH_FRAMEWORKS else peers.run_keras(spec)
@@ -40,37 +50,37 @@ def plan_rows(
     remat: Sequence[bool],
     pipelines: Sequence[str],
     devices: Sequence[int] = (1,),
+    batches: Sequence[int] = (DEFAULT_BATCH,),
+    measure: str = 'time',
     **common: Any,
 ) -> list[RowSpec]:
-    """Every row of one benchmark: per model and mode, the frameworks in order, then the end-to-end rows.
+    """Every row of one benchmark: per model, batch and mode, the frameworks in order, then the end-to-end
+    rows.
 
     dtype, remat and devices vary for this project only (remat in training only); the peers run float32.
     Pipeline rows are training steps, with the first remat setting, for each dtype and device count.
+    measure='compile': only this project's training steps, compiled for their memory analysis, not run.
     """
+    if measure == 'compile':
+        frameworks, modes, pipelines = ['convlstm_jax'], [m for m in modes if m == 'train'], []
     rows = []
-    for model in models:
+    for model, batch in itertools.product(models, batches):
+        shared = {**common, 'batch': batch, 'measure': measure}
         for mode in modes:
             for framework in frameworks:
                 if framework != 'convlstm_jax':
-                    rows.append(RowSpec(framework, model, mode, **common))
+                    rows.append(RowSpec(framework, model, mode, **shared))
                     continue
                 for count, dtype in itertools.product(devices, dtypes):
                     for use_remat in remat if mode == 'train' else (False,):
                         rows.append(
-                            RowSpec(framework, model, mode, dtype, use_remat, devices=count, **common)
+                            RowSpec(framework, model, mode, dtype, use_remat, devices=count, **shared)
                         )
         if 'train' in modes and 'convlstm_jax' in frameworks:
             for mode_name, count, dtype in itertools.product(input_modes(pipelines), devices, dtypes):
                 rows.append(
                     RowSpec(
-                        'convlstm_jax',
-                        model,
-                        'train',
-                        dtype,
-                        remat[0],
-                        input=mode_name,
-                        devices=count,
-                        **common,
+                        'convlstm_jax', model, 'train', dtype, remat[0], mode_name, devices=count, **shared
                     )
                 )
     return rows
