@@ -12,12 +12,12 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import keras_models
 import numpy as np
 import pytest
 from reference_convlstm import ReferenceConvLSTM2D
 
 from convlstm_jax import conv, layers
+from convlstm_jax.benchmark import keras_models
 from convlstm_jax.layers import ConvLSTM2D
 from convlstm_jax.tf_cpu import import_tensorflow
 
