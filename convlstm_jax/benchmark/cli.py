@@ -7,11 +7,11 @@ Training and inference throughput of the ConvLSTM classifiers against Keras and 
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import pathlib
 import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -148,9 +148,9 @@ def define_flags(flag_values: Any, argv: Sequence[str]) -> None:
     )
 
 
-def parse_args(flag_values: Any) -> argparse.Namespace:
+def parse_args(flag_values: Any) -> types.SimpleNamespace:
     """The parsed options: comma lists as lists, checked; one-line SystemExit otherwise."""
-    args = argparse.Namespace(
+    args = types.SimpleNamespace(
         unroll=flag_values.unroll,
         memory_analysis=flag_values['memory-analysis'].value,
         steps=flag_values.steps,
@@ -223,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def benchmark(args: argparse.Namespace) -> list[dict[str, Any]]:
+def benchmark(args: types.SimpleNamespace) -> list[dict[str, Any]]:
     """Plans and runs the rows the options ask for, prints the table; returns the rows."""
     models = [m.strip() for m in args.models.split(',') if m.strip()]
     for model in models:
