@@ -252,6 +252,14 @@ def test_frames_folder_equals_video(video_model_dir, tmp_path):
     )
     assert from_folder.shape == (20,) and from_folder.dtype == np.float32
     np.testing.assert_allclose(from_folder, from_video, atol=1e-6)  # NaNs in the same places
+    # The command line, with and without --batch_size: the same probabilities in the CSV.
+    for batch_size in ([], ['--batch_size', '3']):
+        out = tmp_path / 'preds.csv'
+        args = ['--checkpoint', str(video_model_dir), '--frames', str(folder), '--out', str(out), *batch_size]
+        assert predict.main(args) == 0
+        _, frame_numbers, probabilities = _read_csv(out)
+        np.testing.assert_array_equal(frame_numbers, np.arange(20))
+        np.testing.assert_allclose(probabilities, from_folder, atol=1e-6)
 
 
 def test_input_contract_resize_and_pixel_scale_are_applied(video_model_dir, tmp_path):
