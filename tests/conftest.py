@@ -18,3 +18,9 @@ def reference_dir() -> pathlib.Path:
             f'reference artifacts not found at {REFERENCE_DIR} (they live in ../shared beside the repo)'
         )
     return REFERENCE_DIR
+
+
+def fast_lane(values, fast) -> list:
+    """Parametrize values with all but those in `fast` marked slow: the fast lane (`-m "not slow"`) keeps a
+    representative case of each family, the full suite runs them all with the same assertions."""
+    return [value if value in fast else pytest.param(value, marks=pytest.mark.slow) for value in values]

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import fast_lane
 from reference_convlstm import ReferenceConvLSTM2D
 
 from convlstm_jax import conv, layers
@@ -155,7 +156,7 @@ PARITY_CASES = {
 }
 
 
-@pytest.mark.parametrize('case', sorted(PARITY_CASES))
+@pytest.mark.parametrize('case', fast_lane(sorted(PARITY_CASES), {'linear-tanh', 'same-sequences-nobias'}))
 def test_layer_matches_tf_keras(case):
     shape, kw = PARITY_CASES[case]['shape'], PARITY_CASES[case]['kw']
     x = _inputs(shape)
@@ -177,6 +178,7 @@ def test_layer_matches_tf_keras(case):
             assert _rel_err(grad, want_dw[name]) <= GRAD_RTOL, (impl, name, _rel_err(grad, want_dw[name]))
 
 
+@pytest.mark.slow
 def test_return_state_and_initial_state_match_tf_keras():
     keras = keras_models.tf_keras()
     shape, filters = (2, 3, 6, 7, 2), 3
@@ -236,6 +238,7 @@ _KERAS3_SCRIPT = textwrap.dedent(
 KERAS3_ACTIVATIONS = {'hard_sigmoid': 'hard_sigmoid_keras3', 'sigmoid': 'sigmoid'}
 
 
+@pytest.mark.slow
 def test_layer_matches_keras3(tmp_path):
     """Keras 3 (TensorFlow backend) runs in a subprocess: KERAS_BACKEND must be set before importing keras."""
     x = _inputs((2, 3, 6, 7, 2))
@@ -269,6 +272,7 @@ def test_layer_matches_keras3(tmp_path):
 # --------------------------------------------------------------------------- dropout, bf16, speed path
 
 
+@pytest.mark.slow
 def test_dropout_masks_are_per_sequence_and_reproducible():
     x = _inputs((2, 4, 6, 6, 2))
     module = ConvLSTM2D(3, dropout=0.4, recurrent_dropout=0.3, return_sequences=True)
@@ -292,6 +296,7 @@ def test_dropout_masks_are_per_sequence_and_reproducible():
     np.testing.assert_allclose(a, b, atol=OUTPUT_ATOL)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_is_close_to_float32():
     x = _inputs((2, 4, 8, 9, 3))
     params = _random_params(ConvLSTM2D(4), x)
@@ -329,7 +334,7 @@ REFERENCE_CASES = {
 }
 
 
-@pytest.mark.parametrize('case', sorted(REFERENCE_CASES))
+@pytest.mark.parametrize('case', fast_lane(sorted(REFERENCE_CASES), {'valid'}))
 def test_layer_matches_reference_values_and_gradients(case):
     """The product (nn.scan over ConvLSTMCell, the conv pair's custom VJP) against the plain nn.scan over lax
     convolutions that JAX differentiates: outputs and the gradients of params, input and initial state."""
@@ -370,8 +375,8 @@ GEOMETRIES = {
 }
 
 
-@pytest.mark.parametrize('geometry', sorted(GEOMETRIES))
-@pytest.mark.parametrize('per_gate', [False, True])
+@pytest.mark.parametrize('geometry', fast_lane(sorted(GEOMETRIES), {'valid', 'strided'}))
+@pytest.mark.parametrize('per_gate', fast_lane([False, True], {True}))
 def test_gate_convolutions_vjp_is_the_convolutions_derivative(geometry, per_gate):
     """conv.gate_convolutions (flipped-kernel transposes, patch products) against JAX's derivative of the
     same lax convolutions, with one shared input and with one input per gate (dropout)."""
@@ -409,6 +414,7 @@ def test_gate_convolutions_vjp_is_the_convolutions_derivative(geometry, per_gate
         assert g.shape == w.shape and _rel_err(g, w) <= 1e-5, (name, _rel_err(g, w))
 
 
+@pytest.mark.slow
 def test_gate_convolutions_bfloat16_cotangents_keep_their_primals_dtypes():
     spec = conv.ConvSpec(padding='same', dtype=jnp.bfloat16)
     x, h = jnp.ones((1, 5, 5, 2), jnp.bfloat16), jnp.ones((1, 5, 5, 3), jnp.bfloat16)
