@@ -10,6 +10,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from conftest import fast_lane
 from PIL import Image
 
 from convlstm_jax import checkpoints, inference, predict
@@ -63,7 +64,7 @@ def _keras_outputs(model, clips: np.ndarray, tf_keras) -> tuple[np.ndarray, np.n
     return probabilities, (features.astype(np.float64) @ kernel + bias).ravel()
 
 
-@pytest.mark.parametrize('name', sorted(CHECKPOINTS_2021))
+@pytest.mark.parametrize('name', fast_lane(sorted(CHECKPOINTS_2021), {'upbeat-snowflake-91'}))
 def test_2021_checkpoint_matches_tensorflow(name, reference_dir, sample_clips, tf_keras, tmp_path):
     src = reference_dir / CHECKPOINTS_2021[name]
     keras_probabilities, keras_logits = _keras_outputs(

@@ -56,7 +56,10 @@ def test_parameter_counts_and_tree(name, trainable):
     assert set(variables['batch_stats']['batchnorm_0']) == {'mean', 'var'}
 
 
-@pytest.mark.parametrize('name, remat', [('one_layer', False), ('two_layer', False), ('two_layer', True)])
+@pytest.mark.parametrize(
+    'name, remat',
+    [('one_layer', False), pytest.param('two_layer', False, marks=pytest.mark.slow), ('two_layer', True)],
+)
 def test_classifier_matches_tf_keras(name, remat):
     """Inference, training-mode outputs, gradients and the BatchNorm moving statistics after one update."""
     tf = import_tensorflow()

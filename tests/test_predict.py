@@ -373,6 +373,7 @@ def test_probability_plot_spans_the_probabilities():
     assert axes.get_xlabel() == 'frame' and axes.get_ylabel() == 'burst probability ŷ'
 
 
+@pytest.mark.slow
 def test_cpu_split_into_devices_gives_the_same_predictions(model_dir, video_model_dir, tmp_path):
     """`--cpu_devices 3`: batches of 5 clips (5 + 2, padded to whole devices) and video windows of 5 targets
     (rounded up to 6, two per device; 10 targets: 6 + 4 padded) give the one-device probabilities."""

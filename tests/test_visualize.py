@@ -40,6 +40,7 @@ def test_replay_reproduces_every_layer_and_the_logit() -> None:
             assert 0 <= layer.states[gate].min() and layer.states[gate].max() <= 1
 
 
+@pytest.mark.slow
 def test_clip_figure_is_drawn(tmp_path: pathlib.Path) -> None:
     _, model, variables, clip = _tiny_model((2,))
     _, activations = visualize.layer_activations(model, variables, clip)
