@@ -150,3 +150,36 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_parameters(tmp_pa
     _, resumed = checkpoints.load_model(tmp_path / 'resumed', select='latest')
     for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_two_processes_each_with_their_own_frames_match_one_process_with_numpy(tmp_path, data_dir):
+    """2 processes × 1 CPU device with 'device' against 1 process × 2 devices with 'numpy', the same global
+    batch: each process places its own copy of the frames and takes its slice of every batch."""
+    from test_launch import (
+        LAUNCH_DIR,
+        SMOKE,
+        assert_same_losses,
+        metrics_by_step,
+        train_one_process,
+        training_env,
+    )
+
+    reference = tmp_path / 'reference'
+    result = train_one_process(reference, data_dir, '--config.data.pipeline=numpy', devices=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    two = tmp_path / 'two'
+    result = subprocess.run(
+        ['bash', str(LAUNCH_DIR / 'local_multiprocess.sh'), '2', *SMOKE, '--workdir', str(two)]
+        + [f'--config.data.data_dir={data_dir}', '--config.data.pipeline=device'],
+        env=training_env(),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = metrics_by_step(two)
+    steps = [('train', 1), ('train', 2), ('train', 3), ('validation', 3)]
+    assert sorted(got) == sorted(steps)
+    assert_same_losses(got, metrics_by_step(reference), steps, rtol=1e-6)
