@@ -138,7 +138,6 @@ class Classifier(nn.Module):
     remat: bool = False
     unroll: int = 1
     axis_name: str | None = None
-    implementation: str = 'fast'  # ConvLSTM2D's: 'fast' (custom VJP) or 'scan' (the nn.scan reference)
 
     @nn.compact
     def __call__(self, clips: Array, train: bool = False) -> Array:
@@ -162,7 +161,6 @@ class Classifier(nn.Module):
                 compute_dtype=dtype,
                 remat=self.remat,
                 unroll=self.unroll,
-                implementation=self.implementation,
                 name=f'convlstm_{index}',
             )(x, deterministic=not train)
             if not last or self.batchnorm_last:
@@ -202,7 +200,7 @@ def build_model(
     Fields missing from `model_config` keep the Classifier's defaults; unknown ones are an error.
     """
     fields = dict(model_config)
-    known = set(MODEL_FIELDS) | {'implementation'}
+    known = set(MODEL_FIELDS)
     unknown = sorted(set(fields) - known)
     if unknown:
         raise ValueError(f'unknown model config fields {unknown}: expected some of {sorted(known)}')

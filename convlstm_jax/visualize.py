@@ -35,49 +35,28 @@ class LayerActivations:
     states: dict[str, np.ndarray]  # keys GATE_ROWS
 
 
-def _pair(value: int | Sequence[int]) -> tuple[int, int]:
-    return (int(value), int(value)) if np.isscalar(value) else (int(value[0]), int(value[1]))
-
-
 def _replay(layer: Any) -> Callable[[dict, Any], dict[str, Any]]:
-    """A jitted step-by-step replay of one ConvLSTM2D layer from its parameters and its input x
-    (1, T, H, W, C), using the layer's own convolution and activations, and keeping the gates and states
-    per step that the fused layer does not return."""
+    """A jitted step-by-step run of one ConvLSTM2D layer's own cell from its parameters and its input x
+    (1, T, H, W, C), keeping the gates and states per step that the layer does not return."""
     import jax
     import jax.numpy as jnp
 
     from convlstm_jax import layers
 
-    act = layers.get_activation(layer.activation)
-    rec_act = layers.get_activation(layer.recurrent_activation)
+    cell = layers.ConvLSTMCell.of(layer, keep_gates=True)
 
     def replay(params: dict, x: Any) -> dict[str, Any]:
-        frames = jnp.asarray(x[0], jnp.float32)
+        frames = jnp.swapaxes(jnp.asarray(x, jnp.float32), 0, 1)  # (T, 1, H, W, C)
         if layer.go_backwards:
             frames = frames[::-1]
-        xz = layers.conv2d(
-            frames,
-            params['kernel'],
-            strides=_pair(layer.strides),
-            padding=layer.padding,
-            dilation=_pair(layer.dilation_rate),
-            dtype=layer.compute_dtype,
-        )
-        if 'bias' in params:
-            xz = xz + params['bias']
+        kernels = (params['kernel'], params['recurrent_kernel'], params.get('bias'))
 
-        def step(carry, xz_t):
-            h, c = carry
-            z = xz_t + layers.conv2d(h[None], params['recurrent_kernel'], dtype=layer.compute_dtype)[0]
-            z_i, z_f, z_c, z_o = jnp.split(z, 4, axis=-1)
-            i, f, candidate, o = rec_act(z_i), rec_act(z_f), act(z_c), rec_act(z_o)
-            c = f * c + i * candidate
-            h = o * act(c)
-            return (h, c), dict(zip(GATE_ROWS, (i, f, candidate, o, c, h), strict=True))
+        def step(carry, x_t):
+            return cell.apply({}, carry, x_t, *kernels)
 
-        zeros = jnp.zeros((*xz.shape[1:3], layer.filters), jnp.float32)
-        _, states = jax.lax.scan(step, (zeros, zeros), xz)
-        return states
+        carry = cell.initialize_carry(frames.shape[1:], params['kernel'].shape[:2], layer.filters)
+        _, states = jax.lax.scan(step, carry, frames)
+        return {name: state[:, 0] for name, state in zip(GATE_ROWS, states, strict=True)}
 
     return jax.jit(replay)
 

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 
-import keras_models
 import pytest
 
 from convlstm_jax import benchmark
+from convlstm_jax.benchmark import cli, keras_models, peers
 
 TINY = ['--shape', '4,16,20,4', '--batch', '2', '--steps', '2', '--warmup', '1']
 ROW_FIELDS = {
@@ -94,6 +95,7 @@ def test_bad_flags_say_what_was_expected(capsys):
         ['--frameworks', 'caffe'],
         ['--shape', '30,120,160'],
         ['--devices', '0'],
+        ['--batch', '4,0'],
     ):
         with pytest.raises(SystemExit):
             benchmark.main(flags)
@@ -103,6 +105,7 @@ def test_bad_flags_say_what_was_expected(capsys):
     assert '--batch 3 does not split evenly over [2] devices' in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_end_to_end_on_the_cpu_split_into_two_devices(tmp_path):
     """Each worker gets its own device count; the pmapped steps need both devices, or the row fails."""
     path = tmp_path / 'bench.json'
@@ -136,21 +139,30 @@ def test_module_imports_no_tensorflow():
     assert result.stdout.strip() == '[]'
 
 
+KERAS_2021_LAYERS = {
+    'one_layer': ['InputLayer', 'ConvLSTM2D', 'BatchNormalization', 'GlobalMaxPooling2D', 'Dense'],
+    'two_layer': [
+        'InputLayer', 'ConvLSTM2D', 'TimeDistributed', 'TimeDistributed', 'ConvLSTM2D', 'GlobalMaxPooling2D',
+        'Dense',
+    ],
+}  # fmt: skip
+
+
 @pytest.mark.parametrize('model, parameters', [('one_layer', 11_537), ('two_layer', 66_849)])
 def test_keras_model_is_the_2021_definition(model, parameters):
     keras = keras_models.tf_keras()
     model_config = benchmark.load_config(model).model
-    built = benchmark.build_keras_model(keras, model_config, (30, 120, 160, 4))
-    twin = keras_models.keras_classifier(model_config.to_dict(), (30, 120, 160, 4), logits=False)
+    built = keras_models.keras_classifier(model_config, (30, 120, 160, 4), logits=False, keras=keras)
     assert built.count_params() - _batchnorm_statistics(built) == parameters
-    assert [type(layer).__name__ for layer in built.layers] == [type(layer).__name__ for layer in twin.layers]
-    assert [w.shape for w in built.weights] == [w.shape for w in twin.weights]
+    assert [type(layer).__name__ for layer in built.layers] == KERAS_2021_LAYERS[model]
+    assert built.layers[-1].get_config()['activation'] == 'sigmoid'
 
 
 def _batchnorm_statistics(keras_model) -> int:
     return sum(int(w.shape.num_elements()) for w in keras_model.non_trainable_weights)
 
 
+@pytest.mark.slow
 def test_end_to_end_rows_for_this_project_and_tf_keras(tmp_path, capsys):
     path = tmp_path / 'bench.json'
     args = ['--models', 'one_layer', '--frameworks', 'convlstm_jax,tf_keras', '--dtypes', 'bfloat16']
@@ -173,6 +185,7 @@ def test_end_to_end_rows_for_this_project_and_tf_keras(tmp_path, capsys):
     assert '| one_layer | train | tf_keras |' in table and 'GFLOP forward' in table
 
 
+@pytest.mark.slow
 def test_end_to_end_keras3_on_tensorflow_two_layer(tmp_path):
     path = tmp_path / 'bench.json'
     args = ['--models', 'two_layer', '--frameworks', 'keras3-tensorflow', '--modes', 'train']
@@ -183,6 +196,7 @@ def test_end_to_end_keras3_on_tensorflow_two_layer(tmp_path):
     _check_fields(row)
 
 
+@pytest.mark.slow
 def test_a_failing_worker_becomes_a_row_with_its_error(tmp_path):
     spec = benchmark.RowSpec(
         'keras3-tensorflow', 'one_layer', 'train', dtype='bfloat16', shape=(4, 16, 20, 4)
@@ -197,3 +211,90 @@ def _check_fields(row: dict) -> None:
         assert isinstance(row[name], kind), (name, row.get(name))
     assert row['framework'] in benchmark.FRAMEWORKS and row['mode'] in benchmark.MODES
     assert row['clips_per_s'] > 0 and row['peak_mem_bytes'] > 0
+
+
+def test_plan_rows_run_torch_once_per_model_and_mode_in_float32():
+    rows = benchmark.plan_rows(
+        models=['one_layer'],
+        frameworks=['torch', 'torch-compile', 'convlstm_jax'],
+        modes=['train', 'infer'],
+        dtypes=['bfloat16'],
+        remat=[True],
+        pipelines=[],
+    )
+    assert [row.label() for row in rows if row.framework != 'convlstm_jax'] == [
+        'torch one_layer train float32',
+        'torch-compile one_layer train float32',
+        'torch one_layer infer float32',
+        'torch-compile one_layer infer float32',
+    ]
+
+
+def test_frameworks_without_their_packages_are_skipped_with_the_reason(monkeypatch, capsys):
+    monkeypatch.setattr(cli, 'available_frameworks', lambda: ['tf_keras', 'convlstm_jax'])
+    assert cli.resolve_frameworks(['all']) == ['tf_keras', 'convlstm_jax']
+    err = capsys.readouterr().err
+    assert 'skipping the torch rows: they need torch' in err
+    assert 'skipping the keras3-torch rows: they need keras ≥ 3, torch' in err
+    with pytest.raises(SystemExit, match='torch-compile needs torch'):
+        cli.resolve_frameworks(['torch-compile'])
+
+
+def test_torch_rows_are_planned_by_default_wherever_torch_is_installed():
+    installed = importlib.util.find_spec('torch') is not None
+    assert ('torch' in peers.available_frameworks()) == installed
+    assert ('torch-compile' in peers.available_frameworks()) == installed
+
+
+@pytest.mark.slow
+def test_end_to_end_torch_rows(tmp_path):
+    pytest.importorskip('torch', reason='torch is not installed (the optional `peers` extra)')
+    path = tmp_path / 'bench.json'
+    args = ['--models', 'two_layer', '--frameworks', 'torch,torch-compile,keras3-torch,tf_keras']
+    benchmark.main([*args, *TINY, '--json', str(path)])
+    rows = json.loads(path.read_text())
+    assert [(r['framework'], r['mode']) for r in rows] == [
+        (framework, mode)
+        for mode in ('train', 'infer')
+        for framework in ('tf_keras', 'keras3-torch', 'torch', 'torch-compile')
+    ]
+    for row in rows:
+        assert 'error' not in row, row['error']
+        _check_fields(row)
+        assert row['gflop_per_clip'] == next(r for r in rows if r['mode'] == row['mode'])['gflop_per_clip']
+        assert 'torch' in row['versions'] or row['framework'] == 'tf_keras'
+
+
+def test_plan_rows_for_compiled_memory_are_this_projects_training_steps_per_batch():
+    rows = benchmark.plan_rows(
+        models=['two_layer'],
+        frameworks=['tf_keras', 'convlstm_jax'],
+        modes=['train', 'infer'],
+        dtypes=['float32'],
+        remat=[False, True],
+        pipelines=['numpy'],
+        batches=[4, 64],
+        measure='compile',
+    )
+    assert [row.label() for row in rows] == [
+        'convlstm_jax two_layer train float32 compiled memory',
+        'convlstm_jax two_layer train float32 remat compiled memory',
+        'convlstm_jax two_layer train float32 batch 64 compiled memory',
+        'convlstm_jax two_layer train float32 remat batch 64 compiled memory',
+    ]
+
+
+@pytest.mark.slow
+def test_memory_analysis_at_tiny_size(tmp_path, capsys):
+    path = tmp_path / 'bench.json'
+    args = ['--models', 'two_layer', '--memory-analysis', '--remat', 'off,on', '--dtypes', 'float32']
+    benchmark.main([*args, '--shape', '4,16,20,4', '--batch', '2,8', '--json', str(path)])
+    rows = json.loads(path.read_text())
+    assert [(r['batch'], r['remat']) for r in rows] == [(2, False), (2, True), (8, False), (8, True)]
+    for row in rows:
+        assert 'error' not in row, row['error']
+        parts = row['compiled_argument_bytes'] + row['compiled_output_bytes'] - row['compiled_alias_bytes']
+        assert row['compiled_peak_bytes'] == parts + row['compiled_temp_bytes'] > 0
+    assert rows[2]['compiled_temp_bytes'] > rows[0]['compiled_temp_bytes']  # activations grow with the batch
+    table = capsys.readouterr().out
+    assert '| two_layer | float32 | off | 1 | 8 |' in table

@@ -1,7 +1,9 @@
-"""ConvLSTM2D: activations, initializers, Keras parity (tf_keras and Keras 3), the fast path, bad input."""
+"""ConvLSTM2D: activations, initializers, Keras parity (tf_keras and Keras 3), the reference recurrence,
+the convolutions' custom VJP, the cell, bad input."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -10,11 +12,12 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import keras_models
 import numpy as np
 import pytest
+from reference_convlstm import ReferenceConvLSTM2D
 
-from convlstm_jax import layers
+from convlstm_jax import conv, layers
+from convlstm_jax.benchmark import keras_models
 from convlstm_jax.layers import ConvLSTM2D
 from convlstm_jax.tf_cpu import import_tensorflow
 
@@ -23,17 +26,20 @@ GRAD_RTOL = 1e-4
 # bf16 convolutions (fp32 state and accumulation) against fp32, on inputs in [0, 1] and O(1) weights.
 BF16_ATOL = 3e-2
 
-# The paths every parity case runs: the custom-VJP fast path (with and without remat) and the nn.scan
-# reference; the first case also runs the remaining options.
+# What every parity case runs: the layer (with and without remat) and the plain nn.scan reference of
+# tests/reference_convlstm.py; the first case also runs the remaining options.
 IMPLEMENTATIONS = (
-    {'implementation': 'fast'},
-    {'implementation': 'fast', 'remat': True},
-    {'implementation': 'scan'},
+    (ConvLSTM2D, {}),
+    (ConvLSTM2D, {'remat': True}),
+    (ReferenceConvLSTM2D, {}),
 )
 MORE_IMPLEMENTATIONS = (
-    {'implementation': 'fast', 'remat': True, 'unroll': 3},
-    {'implementation': 'scan', 'remat': True, 'unroll': 2},
+    (ConvLSTM2D, {'remat': True, 'unroll': 3}),
+    (ReferenceConvLSTM2D, {'remat': True, 'unroll': 2}),
 )
+# The layer against the reference: float32 rounding only.
+REFERENCE_RTOL = 1e-5
+BF16_REFERENCE_RTOL = 1e-2  # about one bfloat16 ulp (2^-7)
 
 
 def _inputs(shape, seed=0):
@@ -160,8 +166,9 @@ def test_layer_matches_tf_keras(case):
     cotangent = np.random.default_rng(2).normal(size=keras_model.output_shape[1:]).astype(np.float32)
     want_out, want_dx, want_dw = _keras_output_and_grads(keras_model, x, cotangent)
 
-    for impl in IMPLEMENTATIONS + (MORE_IMPLEMENTATIONS if case == 'valid-last' else ()):
-        out, (d_params, dx) = _flax_output_and_grads(ConvLSTM2D(**kw, **impl), params, x, cotangent)
+    for layer, options in IMPLEMENTATIONS + (MORE_IMPLEMENTATIONS if case == 'valid-last' else ()):
+        impl = (layer.__name__, options)
+        out, (d_params, dx) = _flax_output_and_grads(layer(**kw, **options), params, x, cotangent)
         assert out.shape == want_out.shape, impl
         np.testing.assert_allclose(out, want_out, atol=OUTPUT_ATOL, rtol=0, err_msg=str(impl))
         assert _rel_err(dx, want_dx) <= GRAD_RTOL, (impl, 'inputs', _rel_err(dx, want_dx))
@@ -185,18 +192,18 @@ def test_return_state_and_initial_state_match_tf_keras():
     keras_models.set_convlstm_weights(layer, params)
     want = [w.numpy() for w in keras_model([x, h0, c0])]
 
-    for impl in IMPLEMENTATIONS:
-        got = ConvLSTM2D(filters, return_state=True, **impl).apply({'params': params}, x, (h0, c0))
+    for layer, impl in IMPLEMENTATIONS:
+        got = layer(filters, return_state=True, **impl).apply({'params': params}, x, (h0, c0))
         assert len(got) == 3
         for g, w in zip(got, want, strict=True):
             np.testing.assert_allclose(g, w, atol=OUTPUT_ATOL, rtol=0, err_msg=str(impl))
 
-        def loss(p, h, c, impl=impl):
-            out, h_t, c_t = ConvLSTM2D(filters, return_state=True, **impl).apply({'params': p}, x, (h, c))
+        def loss(p, h, c, layer=layer, impl=impl):
+            out, h_t, c_t = layer(filters, return_state=True, **impl).apply({'params': p}, x, (h, c))
             return jnp.sum(out) + jnp.sum(jnp.sin(c_t))
 
         grads = jax.grad(loss, argnums=(0, 1, 2))(params, h0, c0)
-        if impl == IMPLEMENTATIONS[0]:
+        if (layer, impl) == IMPLEMENTATIONS[0]:
             reference_grads = grads
         else:
             for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference_grads), strict=True):
@@ -252,8 +259,8 @@ def test_layer_matches_keras3(tmp_path):
     )
     want = np.load(tmp_path / 'out.npz')
     for keras3_name, ours in KERAS3_ACTIVATIONS.items():
-        for impl in IMPLEMENTATIONS:
-            got = ConvLSTM2D(**kw, recurrent_activation=ours, **impl).apply({'params': params}, x)
+        for layer, impl in IMPLEMENTATIONS:
+            got = layer(**kw, recurrent_activation=ours, **impl).apply({'params': params}, x)
             np.testing.assert_allclose(
                 got, want[keras3_name], atol=OUTPUT_ATOL, rtol=0, err_msg=f'{ours} {impl}'
             )
@@ -268,21 +275,18 @@ def test_dropout_masks_are_per_sequence_and_reproducible():
     params = _random_params(module, x)
     clean = module.apply({'params': params}, x)
 
-    def noisy(seed, implementation='fast'):
-        run = ConvLSTM2D(
-            3, dropout=0.4, recurrent_dropout=0.3, return_sequences=True, implementation=implementation
-        )
+    def noisy(seed, layer=ConvLSTM2D):
+        run = layer(3, dropout=0.4, recurrent_dropout=0.3, return_sequences=True)
         return run.apply({'params': params}, x, deterministic=False, rngs={'dropout': jax.random.key(seed)})
 
     np.testing.assert_array_equal(noisy(0), noisy(0))
-    np.testing.assert_allclose(noisy(0), noisy(0, 'scan'), atol=OUTPUT_ATOL)
+    np.testing.assert_allclose(noisy(0), noisy(0, ReferenceConvLSTM2D), atol=OUTPUT_ATOL)
     assert not np.allclose(noisy(0), clean) and not np.allclose(noisy(0), noisy(1))
 
-    # With input dropout only, the fast path runs too; its masks make the model equal to a model whose
-    # per-gate kernels see the masked inputs: a gate whose mask is all ones is untouched.
+    # Input dropout alone: each gate's kernel sees its own masked copy of the input, as in the reference.
     only_input = ConvLSTM2D(3, dropout=0.4, return_sequences=True)
     a = only_input.apply({'params': params}, x, deterministic=False, rngs={'dropout': jax.random.key(5)})
-    b = ConvLSTM2D(3, dropout=0.4, return_sequences=True, implementation='scan').apply(
+    b = ReferenceConvLSTM2D(3, dropout=0.4, return_sequences=True).apply(
         {'params': params}, x, deterministic=False, rngs={'dropout': jax.random.key(5)}
     )
     np.testing.assert_allclose(a, b, atol=OUTPUT_ATOL)
@@ -292,8 +296,8 @@ def test_bfloat16_compute_is_close_to_float32():
     x = _inputs((2, 4, 8, 9, 3))
     params = _random_params(ConvLSTM2D(4), x)
     full = ConvLSTM2D(4, return_sequences=True).apply({'params': params}, x)
-    for impl in IMPLEMENTATIONS[:3]:
-        half = ConvLSTM2D(4, return_sequences=True, compute_dtype=jnp.bfloat16, **impl).apply(
+    for layer, impl in IMPLEMENTATIONS[:3]:
+        half = layer(4, return_sequences=True, compute_dtype=jnp.bfloat16, **impl).apply(
             {'params': params}, x
         )
         assert half.dtype == jnp.float32
@@ -307,6 +311,148 @@ def test_bfloat16_compute_is_close_to_float32():
         assert _rel_err(g16[name], g32[name]) <= 5e-2, name
 
 
+# ------------------------------------------------------------------- the reference and the custom VJP
+
+
+REFERENCE_CASES = {
+    'valid': dict(filters=3),
+    'remat-unroll2': dict(filters=3, remat=True, unroll=2),
+    'same-even-nobias-sequences': dict(
+        filters=2, kernel_size=(4, 2), padding='same', use_bias=False, return_sequences=True
+    ),
+    'strides2-same': dict(filters=2, padding='same', strides=2, return_sequences=True),
+    'dilated-valid-backwards': dict(filters=2, kernel_size=(3, 2), dilation_rate=(2, 1), go_backwards=True),
+    'dropout-both': dict(filters=3, dropout=0.3, recurrent_dropout=0.2, return_sequences=True),
+    # bf16: the two backward passes round dz to bfloat16 at different points.
+    'input-dropout-remat-bf16': dict(filters=2, dropout=0.3, remat=True, compute_dtype=jnp.bfloat16),
+    'recurrent-dropout-state': dict(filters=2, recurrent_dropout=0.4, padding='same', return_state=True),
+}
+
+
+@pytest.mark.parametrize('case', sorted(REFERENCE_CASES))
+def test_layer_matches_reference_values_and_gradients(case):
+    """The product (nn.scan over ConvLSTMCell, the conv pair's custom VJP) against the plain nn.scan over lax
+    convolutions that JAX differentiates: outputs and the gradients of params, input and initial state."""
+    kw = REFERENCE_CASES[case]
+    x = jnp.asarray(_inputs((2, 4, 7, 8, 3)))
+    params = _random_params(ConvLSTM2D(**kw), x)
+    state = None
+    if kw.get('return_state'):
+        rng = np.random.default_rng(4)
+        state = tuple(jnp.asarray(rng.normal(size=(2, 7, 8, kw['filters'])), jnp.float32) for _ in range(2))
+    rngs = {'dropout': jax.random.key(9)}
+
+    def run(layer, p, x, state):
+        out = layer(**kw).apply({'params': p}, x, state, deterministic=False, rngs=rngs)
+        leaves = jax.tree.leaves(out)
+        weights = [jnp.sin(jnp.arange(v.size, dtype=jnp.float32)).reshape(v.shape) for v in leaves]
+        return sum(jnp.sum(v * w) for v, w in zip(leaves, weights, strict=True)), out
+
+    argnums = (0, 1, 2) if state is not None else (0, 1)
+    results = [
+        jax.value_and_grad(run, argnums=argnums, has_aux=True)(params, x, state)
+        for run in (functools.partial(run, ConvLSTM2D), functools.partial(run, ReferenceConvLSTM2D))
+    ]
+    ((_, got), got_grads), ((_, want), want_grads) = results
+    rtol = REFERENCE_RTOL if kw.get('compute_dtype') is None else BF16_REFERENCE_RTOL
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        assert _rel_err(g, w) <= rtol, (case, 'output', _rel_err(g, w))
+    names = jax.tree_util.tree_flatten_with_path(want_grads)[0]
+    for (path, w), g in zip(names, jax.tree.leaves(got_grads), strict=True):
+        assert _rel_err(g, w) <= rtol, (case, jax.tree_util.keystr(path), _rel_err(g, w))
+
+
+GEOMETRIES = {
+    'valid': conv.ConvSpec(padding='valid'),
+    'same-even': conv.ConvSpec(padding='same'),
+    'strided': conv.ConvSpec(strides=(2, 1), padding='same'),
+    'dilated': conv.ConvSpec(padding='valid', dilation=(1, 2)),
+}
+
+
+@pytest.mark.parametrize('geometry', sorted(GEOMETRIES))
+@pytest.mark.parametrize('per_gate', [False, True])
+def test_gate_convolutions_vjp_is_the_convolutions_derivative(geometry, per_gate):
+    """conv.gate_convolutions (flipped-kernel transposes, patch products) against JAX's derivative of the
+    same lax convolutions, with one shared input and with one input per gate (dropout)."""
+    spec = GEOMETRIES[geometry]
+    keys = jax.random.split(jax.random.key(0), 5)
+    kernel_hw = (4, 3) if geometry == 'same-even' else (3, 3)
+    x = jax.random.uniform(keys[0], ((4,) if per_gate else ()) + (2, 9, 8, 3))
+    kernel = jax.random.normal(keys[1], (*kernel_hw, 3, 8))
+    recurrent_kernel = jax.random.normal(keys[2], (*kernel_hw, 2, 8))
+    out_hw = spec.output_hw(9, 8, kernel_hw)
+    h = jax.random.normal(keys[3], ((4,) if per_gate else ()) + (2, *out_hw, 2))
+
+    def plain(x, h, kernel, recurrent_kernel):
+        def lax_conv(v, k, strides=(1, 1), padding='SAME', dilation=(1, 1)):
+            dims = ('NHWC', 'HWIO', 'NHWC')
+            return jax.lax.conv_general_dilated(
+                v, k, strides, padding, rhs_dilation=dilation, dimension_numbers=dims
+            )
+
+        geometry = dict(strides=spec.strides, padding=spec.padding.upper(), dilation=spec.dilation)
+        if not per_gate:
+            return lax_conv(x, kernel, **geometry) + lax_conv(h, recurrent_kernel)
+        kernels, recurrent_kernels = jnp.split(kernel, 4, -1), jnp.split(recurrent_kernel, 4, -1)
+        gates = [
+            lax_conv(x[g], kernels[g], **geometry) + lax_conv(h[g], recurrent_kernels[g]) for g in range(4)
+        ]
+        return jnp.concatenate(gates, -1)
+
+    args = (x, h, kernel, recurrent_kernel)
+    got, got_vjp = jax.vjp(functools.partial(conv.gate_convolutions, spec), *args)
+    want, want_vjp = jax.vjp(plain, *args)
+    assert _rel_err(got, want) <= 1e-6
+    dz = jax.random.normal(keys[4], want.shape)
+    for name, g, w in zip(('x', 'h', 'kernel', 'recurrent_kernel'), got_vjp(dz), want_vjp(dz), strict=True):
+        assert g.shape == w.shape and _rel_err(g, w) <= 1e-5, (name, _rel_err(g, w))
+
+
+def test_gate_convolutions_bfloat16_cotangents_keep_their_primals_dtypes():
+    spec = conv.ConvSpec(padding='same', dtype=jnp.bfloat16)
+    x, h = jnp.ones((1, 5, 5, 2), jnp.bfloat16), jnp.ones((1, 5, 5, 3), jnp.bfloat16)
+    kernel, recurrent_kernel = jnp.ones((3, 3, 2, 12)), jnp.ones((3, 3, 3, 12))
+    z, vjp = jax.vjp(functools.partial(conv.gate_convolutions, spec), x, h, kernel, recurrent_kernel)
+    assert z.dtype == jnp.float32
+    grads = vjp(jnp.ones_like(z))
+    assert [g.dtype for g in grads] == [jnp.bfloat16, jnp.bfloat16, jnp.float32, jnp.float32]
+
+
+def test_layer_is_one_custom_vjp_inside_one_scan():
+    """The time loop is one scan whose step holds the one custom VJP (the convolution pair): no other."""
+    x = jnp.zeros((1, 3, 6, 6, 2))
+    module = ConvLSTM2D(2, dropout=0.2, recurrent_dropout=0.2)
+    params = module.init(jax.random.key(0), x)['params']
+    for deterministic in (True, False):
+        jaxpr = str(
+            jax.make_jaxpr(
+                lambda p, deterministic=deterministic: module.apply(
+                    {'params': p}, x, deterministic=deterministic, rngs={'dropout': jax.random.key(1)}
+                )
+            )(params)
+        )
+        assert jaxpr.count('custom_vjp_call') == 1 and jaxpr.count('scan[') == 1, jaxpr
+
+
+def test_cell_reproduces_the_layer_and_returns_gates():
+    """What visualize runs: ConvLSTMCell.of(layer, keep_gates=True), scanned by hand, gives the layer's h."""
+    x = jnp.asarray(_inputs((1, 4, 7, 6, 2)))
+    layer = ConvLSTM2D(3, padding='same', go_backwards=True, return_sequences=True)
+    params = _random_params(layer, x)
+    cell = layers.ConvLSTMCell.of(layer, keep_gates=True)
+    frames = jnp.swapaxes(x, 0, 1)[::-1]
+    carry = cell.initialize_carry(frames.shape[1:], (3, 3), 3)
+
+    def step(carry, x_t):
+        return cell.apply({}, carry, x_t, params['kernel'], params['recurrent_kernel'], params['bias'])
+
+    _, (i, f, candidate, o, c, h) = jax.lax.scan(step, carry, frames)
+    np.testing.assert_allclose(h, jnp.swapaxes(layer.apply({'params': params}, x), 0, 1), atol=1e-6)
+    np.testing.assert_allclose(c[1:], f[1:] * c[:-1] + i[1:] * candidate[1:], atol=1e-6)
+    assert float(jnp.min(o)) >= 0.0 and float(jnp.max(o)) <= 1.0
+
+
 def test_patches_match_xla_convolution():
     x = jnp.asarray(_inputs((2, 9, 8, 3)))
     kernel = jax.random.normal(jax.random.key(0), (3, 2, 3, 5))
@@ -315,10 +461,18 @@ def test_patches_match_xla_convolution():
         ((2, 3), 'same', (1, 1)),
         ((2, 1), 'valid', (2, 2)),
     ]:
-        kw = dict(strides=strides, padding=padding, dilation=dilation)
-        a = layers.conv2d(x, kernel, im2col=True, **kw)
-        b = layers.conv2d(x, kernel, im2col=False, **kw)
-        np.testing.assert_allclose(a, b, atol=1e-5)
+        spec = conv.ConvSpec(strides, padding, dilation)
+        cols = conv.patches(x, (3, 2), strides, padding, dilation)
+        want = jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            strides,
+            padding.upper(),
+            rhs_dilation=dilation,
+            dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        )
+        np.testing.assert_allclose(cols @ kernel.reshape(-1, 5), want, atol=1e-5)
+        np.testing.assert_allclose(spec.input_conv(x, kernel), want, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -7,11 +7,11 @@ import pathlib
 
 import jax
 import jax.numpy as jnp
-import keras_models
 import numpy as np
 import pytest
 
 from convlstm_jax import models
+from convlstm_jax.benchmark import keras_models
 from convlstm_jax.tf_cpu import import_tensorflow
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ import sys
 import textwrap
 
 import jax
-import keras_models
 import numpy as np
 import pytest
 
 from configs import one_layer, two_layer
 from convlstm_jax import parallel, state, train
+from convlstm_jax.benchmark import keras_models
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Reduced clip for the parity runs: (T, H, W, C); the 2-layer model ends on a 3×4 map.

@@ -1,0 +1,193 @@
+"""The convlstm_jax rows: this project's pmapped training step or forward pass, fed by an input mode.
+
+An input mode turns a row into a source of device batches (`INPUT_MODES`): 'memory' cycles the shared
+in-memory batches, 'pipeline-<backend>' runs `data/pipeline.py` over a frame array as the training loop does.
+A new mode (e.g. clips cut on the device) is one function `(spec) -> (devices -> iterator of batch dicts)`
+added to `INPUT_MODES` (and to `input_modes`, which plans the rows); step, timing and memory stay as they are.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from convlstm_jax.benchmark.harness import (
+    RowSpec,
+    jax_memory_probe,
+    make_batches,
+    measurements,
+    row_config,
+    time_steps,
+    versions,
+)
+
+PIPELINE_BACKENDS = ('numpy', 'tfdata')
+PIPELINE_MIN_FRAMES = 2000  # frames in the pipeline rows' array: clips are gathered from more than the cache
+
+Batches = Callable[[list[Any]], Iterator[dict]]  # devices -> batch dicts with a leading device axis
+
+
+def jax_device_name() -> str:
+    import jax
+
+    device = jax.local_devices()[0]
+    return f'{device.platform}:{device.device_kind}'
+
+
+def jax_train_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Callable, Any]:
+    """`convlstm_jax.train`'s pmapped training step over `devices`, and its initial state on them."""
+    import jax
+
+    from convlstm_jax import parallel, train
+
+    variables = train.init_variables(config, seed)
+    state = train.create_train_state(config, variables, jax.random.PRNGKey(seed))
+    p_train_step = train.make_train_step(config, config.class_weights, devices=devices)
+    return p_train_step, parallel.replicate(state, devices)
+
+
+def jax_infer_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Callable, Any]:
+    """The forward pass (BatchNorm in inference mode) pmapped over `devices`, and the model's variables."""
+    import jax
+
+    from convlstm_jax import models, parallel, train
+
+    model = models.build_model(config.model)
+    forward = jax.pmap(lambda variables, clips: model.apply(variables, clips, train=False), devices=devices)
+
+    def infer_step(variables, batch):
+        return variables, forward(variables, batch['clips'])
+
+    return infer_step, parallel.replicate(train.init_variables(config, seed), devices)
+
+
+def step_devices(spec: RowSpec) -> list[Any]:
+    """The first `spec.devices` local devices; the batch must split evenly over them."""
+    import jax
+
+    from convlstm_jax import parallel
+
+    devices = jax.local_devices()[: spec.devices]
+    if len(devices) < spec.devices:
+        raise ValueError(f'{spec.devices} devices requested, {len(devices)} found: {devices}')
+    parallel.check_batch_size(spec.batch, spec.devices, name='batch')
+    return devices
+
+
+def run_convlstm_jax(spec: RowSpec) -> dict[str, Any]:
+    """Times this project's pmapped step over the row's input mode: dicts of 'clips' and 'labels' with a
+    leading device axis."""
+    import jax
+
+    batches = input_batches(spec)  # before the memory baseline: the input's arrays are not the step's memory
+    config = row_config(spec)
+    devices = step_devices(spec)
+    memory = jax_memory_probe()
+    make_step = jax_train_step if spec.mode == 'train' else jax_infer_step
+    step_fn, carry = make_step(config, spec.seed, devices)
+    source = batches(devices)
+    state = {'carry': carry}
+
+    def step(i: int) -> None:
+        del i
+        state['carry'], output = step_fn(state['carry'], next(source))
+        jax.block_until_ready(output)
+
+    timing = time_steps(step, spec, memory)
+    return {
+        **measurements(timing, memory, spec, config.model),
+        'device': jax_device_name(),
+        'versions': versions('jax', 'jaxlib', 'flax', 'optax'),
+    }
+
+
+def memory_batches(spec: RowSpec) -> Batches:
+    """The shared in-memory batches, cycled."""
+
+    def shard(x: np.ndarray) -> np.ndarray:
+        return x.reshape(spec.devices, -1, *x.shape[1:])
+
+    batches = [
+        {'clips': shard(clips), 'labels': shard(labels)}
+        for clips, labels in make_batches(spec.shape, spec.batch, spec.seed)
+    ]
+    return lambda devices: itertools.cycle(batches)
+
+
+def pipeline_batches(spec: RowSpec) -> Batches:
+    """The training step fed as the training loop feeds it: `pipeline.train_batches` over a frame
+    array (seeded noise), moved to the device two batches ahead by `pipeline.prefetch_to_devices`."""
+    from convlstm_jax.data import clips, pipeline
+
+    time_steps_, height, width, frames_per_step = spec.shape
+    clip_length = clips.clip_length(time_steps_, frames_per_step)
+    num_steps = max(spec.warmup, 1) + spec.steps
+    num_frames = max(PIPELINE_MIN_FRAMES, clip_length + num_steps * spec.batch)
+    split = pipeline.synthetic_split(num_frames, height, width, seed=spec.seed, clip_length=clip_length)
+    config = row_config(spec)
+
+    def batches(devices: list[Any]) -> Iterator[dict]:
+        host_batches = pipeline.train_batches(
+            split,
+            global_batch=spec.batch,
+            seed=spec.seed,
+            epoch=0,
+            num_steps=num_steps,
+            local_device_count=len(devices),
+            flips=config.data.flips,
+            backend=spec.input.removeprefix('pipeline-'),
+            time_steps=time_steps_,
+            frames_per_step=frames_per_step,
+        )
+        inputs = ({'clips': b['clips'], 'labels': b['labels']} for b in host_batches)
+        return pipeline.prefetch_to_devices(inputs, size=2, devices=devices)
+
+    return batches
+
+
+INPUT_MODES: dict[str, Callable[[RowSpec], Batches]] = {
+    'memory': memory_batches,
+    **{f'pipeline-{backend}': pipeline_batches for backend in PIPELINE_BACKENDS},
+}
+
+
+def input_modes(pipelines: Sequence[str]) -> list[str]:
+    """The end-to-end input modes planned beside 'memory' for the given pipeline backends."""
+    return [f'pipeline-{backend}' for backend in pipelines]
+
+
+def input_batches(spec: RowSpec) -> Batches:
+    try:
+        return INPUT_MODES[spec.input](spec)
+    except KeyError:
+        raise ValueError(f'unknown input {spec.input!r}: expected one of {sorted(INPUT_MODES)}') from None
+
+
+def compiled_memory(spec: RowSpec) -> dict[str, Any]:
+    """XLA's memory analysis of this project's compiled training step, per device, without running it.
+
+    For shapes whose step does not fit in host memory: `compiled_peak_bytes` = arguments + outputs − aliased
+    (the donated state) + temporaries, what the program needs at its peak besides its code.
+    """
+    if spec.mode != 'train':
+        raise ValueError(f'compiled memory is measured for training steps; got {spec.label()}')
+    config = row_config(spec)
+    devices = step_devices(spec)
+    step_fn, state = jax_train_step(config, spec.seed, devices)
+    batch = next(memory_batches(spec)(devices))
+    analysis = step_fn.lower(state, batch).compile().memory_analysis()
+    analysis = analysis[0] if isinstance(analysis, list | tuple) else analysis  # per device, where a list
+    sizes = {
+        f'compiled_{name}_bytes': int(getattr(analysis, f'{name}_size_in_bytes'))
+        for name in ('argument', 'output', 'alias', 'temp', 'generated_code')
+    }
+    peak = sizes['compiled_argument_bytes'] + sizes['compiled_output_bytes'] - sizes['compiled_alias_bytes']
+    return {
+        **sizes,
+        'compiled_peak_bytes': peak + sizes['compiled_temp_bytes'],
+        'device': jax_device_name(),
+        'versions': versions('jax', 'jaxlib', 'flax', 'optax'),
+    }
