@@ -110,8 +110,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         '--pipeline',
         default='auto',
         type=_choices(PIPELINE_BACKENDS, special=('auto', 'none')),
-        help='input pipeline backends of the end-to-end rows; auto: tfdata where TensorFlow is installed, '
-        'else numpy',
+        help='input pipeline backends of the end-to-end rows (device: clips cut in the step); auto: tfdata '
+        'where TensorFlow is installed, else numpy, and device',
     )
     parser.add_argument('--shape', default=DEFAULT_SHAPE, type=_shape, help='clip shape T,H,W,C')
     parser.add_argument(
@@ -166,7 +166,7 @@ def resolve_pipelines(requested: list[str]) -> list[str]:
     if requested == ['none']:
         return []
     if requested == ['auto']:
-        return ['tfdata' if importlib.util.find_spec('tensorflow') is not None else 'numpy']
+        return ['tfdata' if importlib.util.find_spec('tensorflow') is not None else 'numpy', 'device']
     return requested
 
 
