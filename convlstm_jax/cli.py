@@ -1,18 +1,33 @@
-"""What every command line shares: `--cpu_devices` (defined once, here), the automatic one-device-per-core
-split of a CPU-only machine, `--print_config`, a `--help` that exits 0 and lists every option, and flag
-parsing whose errors are one line.
+"""What every command line shares: `--cpu_devices` and `--print_config` (defined once, here), the automatic
+one-device-per-core split of a CPU-only machine, a `--help` that exits 0 and lists every option, flag parsing
+whose errors are one line, and the config of a trained model (its workdir's config.json, with overrides).
 
-A command adopts it so (main.py is the example):
+main.py runs on absl's global flags:
 
-    from convlstm_jax import cli, config as config_lib
-    _CONFIG = config_lib.define_config_flag()          # or define_config_flag(from_workdir=True)
+    _CONFIG = config_lib.define_config_flag()
+    cli.define_common_flags()
     def main(argv):
-        config = cli.load_config_or_exit(_CONFIG)      # or cli.config_from_workdir_or_exit(DIR, _CONFIG)
+        config = cli.load_config_or_exit(_CONFIG)
         cli.print_config_and_exit_if_asked(config)
         note = cli.set_up_cpu_devices((config.batch_size, config.eval_batch_size), multi_process=False)
         ...                                            # only now import JAX's computations
     if __name__ == '__main__':
         app.run(main, flags_parser=cli.flags_parser(__doc__))
+
+The other commands define their options in a fresh FlagValues per run (`cli.run`), so that commands imported
+side by side (the tests, evaluate beside predict) never define the same flag twice:
+
+    def define_flags(flag_values, argv):               # evaluate, predict, visualize (a workdir's config)
+        config_lib.define_config_flag(from_workdir=True, flag_values=flag_values, argv=argv)
+        cli.define_common_flags(flag_values)
+        flags.DEFINE_string('checkpoint', None, 'Model directory, …', flag_values=flag_values)
+    def run(flag_values) -> int:
+        config = cli.model_config_or_exit(flag_values.checkpoint, cli.config_holder(flag_values))
+        cli.print_config_and_exit_if_asked(config, flag_values)
+        note = cli.set_up_cpu_devices((BATCH,), multi_process=False, flag_values=flag_values)
+        ...
+    def main(argv=None) -> int:                        # argv without the program name, as tests pass it
+        return cli.run(run, __doc__, define_flags, argv)
 """
 
 from __future__ import annotations
@@ -21,6 +36,7 @@ import importlib.metadata
 import importlib.util
 import math
 import os
+import pathlib
 import re
 import sys
 import textwrap
@@ -32,22 +48,29 @@ from convlstm_jax import config as config_lib
 from convlstm_jax import distributed
 
 CPU_DEVICES_ENV = 'CONVLSTM_CPU_DEVICES'
+_SECTION_TITLES = {'convlstm_jax.cli': 'common options', 'convlstm_jax.config': 'config'}
 _HELP_FLAGS = ('-h', '--help', '-help', '--helpshort', '-helpshort', '--helpfull', '-helpfull', '-?')
 
-CPU_DEVICES = flags.DEFINE_integer(
-    'cpu_devices',
-    None,
+_CPU_DEVICES_HELP = (
     'Split the CPU into this many JAX devices and each batch over them (one per core is fastest on a '
     f'CPU-only machine). Default: ${CPU_DEVICES_ENV}, else one device per core on a CPU-only single-process '
-    'run (the largest count that divides both batch sizes); 1 turns the split off. No effect on a GPU.',
-    lower_bound=1,
+    'run (the largest count that divides the batch sizes); 1 turns the split off. No effect on a GPU.'
 )
-PRINT_CONFIG = flags.DEFINE_bool(
-    'print_config',
-    False,
+_PRINT_CONFIG_HELP = (
     'Print the resolved config (every field, defaults with the --config.FIELD=VALUE overrides applied) '
-    'and exit.',
+    'and exit.'
 )
+_CPU_DEVICE_FLAG = '--xla_force_host_platform_device_count'
+
+
+def define_common_flags(
+    flag_values: flags.FlagValues = flags.FLAGS, *, cpu_devices: bool = True, print_config: bool = True
+) -> None:
+    """`--cpu_devices` and `--print_config`, the one definition of each, for the commands that take them."""
+    if cpu_devices:
+        flags.DEFINE_integer('cpu_devices', None, _CPU_DEVICES_HELP, lower_bound=1, flag_values=flag_values)
+    if print_config:
+        flags.DEFINE_bool('print_config', False, _PRINT_CONFIG_HELP, flag_values=flag_values)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -118,10 +141,39 @@ def automatic_cpu_devices(
     return max(count for count in range(1, max(1, cores) + 1) if common % count == 0)
 
 
-def set_up_cpu_devices(batch_sizes: Sequence[int], *, multi_process: bool) -> str | None:
+def use_cpu_devices(count: int, env: dict[str, str] | None = None) -> None:
+    """Makes XLA's CPU platform expose `count` devices, through XLA_FLAGS in `env` (default: this process's,
+    which must not have started JAX's backends yet). GPUs are unaffected: they stay the default platform.
+
+    XLA:CPU leaves much of a core idle inside one device's program (small fusions run one after the
+    other); with one device per core the cores run their shards of the pmapped step side by side.
+    """
+    if count < 1:
+        raise ValueError(f'cpu_devices must be a positive number of devices, got {count}')
+    if env is None:
+        from jax._src import xla_bridge
+
+        if xla_bridge.backends_are_initialized():
+            raise RuntimeError('use_cpu_devices must run before JAX creates its devices')
+        env = os.environ
+    others = re.sub(rf'{_CPU_DEVICE_FLAG}=\S*', '', env.get('XLA_FLAGS', '')).split()
+    env['XLA_FLAGS'] = ' '.join([*others, f'{_CPU_DEVICE_FLAG}={count}'])
+
+
+def _jax_started() -> bool:
+    if 'jax' not in sys.modules:
+        return False
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
+
+
+def set_up_cpu_devices(
+    batch_sizes: Sequence[int], *, multi_process: bool, flag_values: flags.FlagValues = flags.FLAGS
+) -> str | None:
     """Applies --cpu_devices, else $CONVLSTM_CPU_DEVICES, else the automatic split (before JAX starts its
     backends). Returns the note for the run's first line when the split was automatic, else None."""
-    requested = CPU_DEVICES.value
+    requested = flag_values['cpu_devices'].value
     if requested is None and os.environ.get(CPU_DEVICES_ENV):
         text = os.environ[CPU_DEVICES_ENV]
         if not text.isdigit() or int(text) < 1:
@@ -129,13 +181,22 @@ def set_up_cpu_devices(batch_sizes: Sequence[int], *, multi_process: bool) -> st
                 f'{CPU_DEVICES_ENV} must be a positive number of devices, found {text!r}'
             )
         requested = int(text)
+    if _jax_started():  # a command called in a process that already uses JAX (tests, a notebook)
+        import jax
+
+        if requested is not None and requested != jax.local_device_count('cpu'):
+            raise config_lib.ConfigError(
+                f'{requested} CPU devices asked for, but JAX already started here with '
+                f'{jax.local_device_count("cpu")}: set the count before anything uses JAX'
+            )
+        return None
     if requested is not None:
-        distributed.use_cpu_devices(requested)
+        use_cpu_devices(requested)
         return None
     count = automatic_cpu_devices(batch_sizes, multi_process=multi_process)
     if count == 1:
         return None
-    distributed.use_cpu_devices(count)
+    use_cpu_devices(count)
     return f'{count} CPU devices (one per core)'
 
 
@@ -151,6 +212,48 @@ def load_config_or_exit(holder: flags.FlagHolder):
         sys.exit(f'error: {e}')
 
 
+def config_holder(flag_values: flags.FlagValues, name: str = 'config') -> flags.FlagHolder:
+    """The holder of a command's config flag (what the loader takes), from the command's FlagValues."""
+    return flags.FlagHolder(flag_values, flag_values[name])
+
+
+def model_config(checkpoint: str | os.PathLike, holder: flags.FlagHolder | None = None):
+    """The config a trained model runs with (evaluate, predict, visualize): its training workdir's
+    config.json, or, for a model directory without one (an imported Keras model), the defaults with the
+    model and input contract of its model.json; then the `--config.FIELD=VALUE` overrides, of which those
+    that would change the architecture are refused (config_lib.ConfigError). FileNotFoundError or
+    ValueError where `checkpoint` is no model at all."""
+    from convlstm_jax import checkpoints  # orbax: only once the command line is read
+
+    path = pathlib.Path(checkpoint)
+    spec = None
+    if config_lib.find_workdir_config(path) is None:
+        found = [
+            f / checkpoints.MODEL_JSON
+            for f in (path, path.parent.parent)
+            if (f / checkpoints.MODEL_JSON).is_file()
+        ]
+        if not path.is_dir():
+            raise FileNotFoundError(f'checkpoint {path} does not exist or is not a directory')
+        if not found:
+            raise ValueError(
+                f'{path} is not a model directory (model.json + variables/), a training workdir '
+                f'(config.json, model.json + checkpoints/) or a step directory of one'
+            )
+        spec = checkpoints.read_spec(found[0])
+    return config_lib.config_from_workdir(path, holder, spec=spec)
+
+
+def model_config_or_exit(checkpoint: str | os.PathLike, holder: flags.FlagHolder | None = None):
+    """`model_config`, or exit in one line (status 1) on a bad override or config.json; no model at
+    `checkpoint` stays an exception (FileNotFoundError, ValueError) that the command reports as it reports
+    its other bad inputs."""
+    try:
+        return model_config(checkpoint, holder)
+    except config_lib.ConfigError as e:
+        sys.exit(f'error: {e}')
+
+
 def config_from_workdir_or_exit(path, holder: flags.FlagHolder, *, spec=None):
     """`config_lib.config_from_workdir` for a command: its config.json with the overrides, or exit in one
     line (an architecture override, an unreadable or missing config.json, a bad value)."""
@@ -160,15 +263,22 @@ def config_from_workdir_or_exit(path, holder: flags.FlagHolder, *, spec=None):
         sys.exit(f'error: {e}')
 
 
-def print_config_and_exit_if_asked(config) -> None:
-    if PRINT_CONFIG.value:
+def print_config_and_exit_if_asked(config, flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    if flag_values['print_config'].value:
         print(config.to_json_best_effort(indent=2, sort_keys=True), flush=True)
         sys.exit(0)
 
 
-def help_text(doc: str, flag_values: flags.FlagValues = flags.FLAGS, *, full: bool = False) -> str:
-    """The command's docstring, then its options and those of convlstm_jax's modules, with defaults."""
-    main_module = sys.argv[0]
+def help_text(
+    doc: str,
+    flag_values: flags.FlagValues = flags.FLAGS,
+    *,
+    full: bool = False,
+    command: str | None = None,
+) -> str:
+    """The command's docstring, then its options (those of module `command`, default the main program's)
+    and those of convlstm_jax's modules, with defaults."""
+    main_module = command or sys.argv[0]
     sections = []
     for module in sorted(flag_values.flags_by_module_dict(), key=lambda m: (m != main_module, m)):
         ours = module == main_module or module.startswith(('convlstm_jax', 'ml_collections'))
@@ -176,25 +286,30 @@ def help_text(doc: str, flag_values: flags.FlagValues = flags.FLAGS, *, full: bo
             continue
         lines = flag_values.module_help(module).splitlines()
         body = '\n'.join(line for line in lines if line.strip() and line.strip() != f'{module}:')
-        title = 'options' if module == main_module else f'options of {module}'
+        title = 'options' if module == main_module else _SECTION_TITLES.get(module, f'options of {module}')
         sections.append(f'{title}:\n{body}')
     footer = (
         'Every config field is an option too: --config.FIELD=VALUE (e.g. --config.batch_size=8); '
         '--print_config lists them all with their values.'
+        if 'config' in flag_values
+        else ''
     )
-    if not full:
+    if not full and flag_values is flags.FLAGS:
         footer += ' --helpfull adds the options of the libraries (absl, JAX).'
     return '\n\n'.join([textwrap.dedent(doc).strip(), *sections, textwrap.fill(footer, 100)]) + '\n'
 
 
-def flags_parser(doc: str, flag_values: flags.FlagValues = flags.FLAGS) -> Callable[[list[str]], list[str]]:
+def flags_parser(
+    doc: str, flag_values: flags.FlagValues = flags.FLAGS, *, command: str | None = None
+) -> Callable[[list[str]], list[str]]:
     """absl's parsing for `app.run(main, flags_parser=...)`: --help exits 0; errors are one line."""
 
     def parse(argv: list[str]) -> list[str]:
         args = argv[1 : argv.index('--')] if '--' in argv else argv[1:]
         asked = [arg for arg in args if arg in _HELP_FLAGS]
         if asked:
-            print(help_text(doc, flag_values, full=any('helpfull' in arg for arg in asked)), end='')
+            full = any('helpfull' in arg for arg in asked)
+            print(help_text(doc, flag_values, full=full, command=command), end='')
             sys.exit(0)
         try:
             if config_lib.definition_errors:
@@ -218,6 +333,39 @@ def flags_parser(doc: str, flag_values: flags.FlagValues = flags.FLAGS) -> Calla
             sys.exit(f'error: cannot load the config file {_config_argument(argv)}: {reason}')
 
     return parse
+
+
+def run(
+    main: Callable[..., int | None],
+    doc: str,
+    define: Callable[[flags.FlagValues, list[str]], None],
+    argv: Sequence[str] | None = None,
+    *,
+    positional: Sequence[str] = (),
+) -> int:
+    """Runs a command: `define(flag_values, argv)` defines its options in a fresh FlagValues, `argv` (the
+    arguments without the program name; default sys.argv[1:]) is parsed as `flags_parser` parses (--help
+    exits 0, errors exit in one line), and `main(flag_values, *arguments)` runs, with one argument per name
+    in `positional` ('[NAME]': optional, None when absent). Returns main's exit status (None: 0).
+
+    absl's global FLAGS would hold every command's options at once, and evaluate, predict and visualize
+    share option names (--checkpoint, --out), so two commands in one process (the tests) would collide.
+    """
+    full = [sys.argv[0], *(sys.argv[1:] if argv is None else argv)]
+    flag_values = flags.FlagValues()
+    config_lib.definition_errors.clear()
+    define(flag_values, full)
+    command = define.__module__ if define.__module__ != '__main__' else sys.argv[0]
+    arguments = flags_parser(doc, flag_values, command=command)(full)[1:]
+    required = [name for name in positional if not name.startswith('[')]  # '[ENTRY]': optional
+    if not len(required) <= len(arguments) <= len(positional):
+        expected = ' '.join(positional) or 'no arguments besides the options'
+        found = ' '.join(arguments) or 'none'
+        sys.exit(f'error: expected {expected}, found {found} (see --help)')
+    arguments += [None] * (len(positional) - len(arguments))
+    if not flags.FLAGS.is_parsed():  # absl logging (orbax logs through it) asks whether flags are parsed
+        flags.FLAGS.mark_as_parsed()
+    return int(main(flag_values, *arguments) or 0)
 
 
 def _config_argument(argv: Sequence[str]) -> str:

@@ -18,7 +18,7 @@ import json
 import os
 import pathlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import ml_collections
@@ -153,26 +153,59 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     return c
 
 
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """This file as a config file: the base recipe with a variant (`--config convlstm_jax/config.py:quick`),
+    the default of commands whose config only needs the data fields (data.prepare)."""
+    return apply_variant(base_config(), arg)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The loader
 
 
 def define_config_flag(
-    *, from_workdir: bool = False, flag_values: flags.FlagValues = flags.FLAGS
+    *,
+    from_workdir: bool = False,
+    flag_values: flags.FlagValues = flags.FLAGS,
+    argv: Sequence[str] | None = None,
+    default: str | None = None,
 ) -> flags.FlagHolder:
     """`--config FILE[:variant]` with `--config.FIELD=VALUE` overrides; with `from_workdir`, the overrides
-    alone, typed by `base_config()`, for `config_from_workdir`."""
+    alone, typed by `base_config()`, for `config_from_workdir`. config_flags finds the overrides in `argv`
+    (the whole command line, program name first; default sys.argv)."""
+    argv = None if argv is None else list(argv)
     if not from_workdir:
-        return config_flags.DEFINE_config_file('config', None, _FILE_HELP, flag_values=flag_values)
-    try:  # an inline config takes its overrides from sys.argv here, at definition
-        return config_flags.DEFINE_config_dict(
-            'config', base_config(), _WORKDIR_HELP, flag_values=flag_values
+        return config_flags.DEFINE_config_file(
+            'config', default, _FILE_HELP, flag_values=flag_values, sys_argv=argv
+        )
+    try:  # an inline config takes its overrides from the command line here, at definition
+        holder = config_flags.DEFINE_config_dict(
+            'config', base_config(), _WORKDIR_HELP, flag_values=flag_values, sys_argv=argv
         )
     except (AttributeError, KeyError) as e:  # an override naming no field: reported by cli's flag parsing
         definition_errors.append(e)
-        return config_flags.DEFINE_config_dict(
-            'config', base_config(), _WORKDIR_HELP, flag_values=flag_values, sys_argv=sys.argv[:1]
+        program = sys.argv[:1] if argv is None else argv[:1]
+        holder = config_flags.DEFINE_config_dict(
+            'config', base_config(), _WORKDIR_HELP, flag_values=flag_values, sys_argv=program
         )
+    flag_values['config'].default_as_str = None  # --help: not the whole base config as YAML
+    return holder
+
+
+def load_config_file(argument: str) -> ml_collections.ConfigDict:
+    """`FILE[:variant]` (e.g. 'configs/two_layer.py:quick') through the same loader as `--config`, checked;
+    ConfigError in one line (for the commands that load configs by name, such as the benchmark)."""
+    values = flags.FlagValues()
+    argv = ['load_config_file', f'--config={argument}']
+    holder = define_config_flag(flag_values=values, argv=argv)
+    try:
+        values(argv)
+    except flags.Error as e:
+        lines = [line.strip() for line in str(e).strip().splitlines() if line.strip()]
+        raise ConfigError(f'cannot load the config file {argument}: {lines[-1] if lines else e}') from None
+    except Exception as e:  # a config file that does not run (SyntaxError, NameError, …)
+        raise ConfigError(f'cannot load the config file {argument}: {type(e).__name__}: {e}') from None
+    return config_from_flag(holder)
 
 
 def config_from_flag(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
@@ -187,6 +220,11 @@ def config_from_flag(holder: flags.FlagHolder) -> ml_collections.ConfigDict:
         raise ConfigError(f'cannot load the config file {config_file_argument(holder)}: {reason}') from None
     check(config)
     return config
+
+
+def overrides_given(holder: flags.FlagHolder) -> dict[str, Any]:
+    """The `--config.FIELD=VALUE` overrides on the command line, {dotted field: value}."""
+    return dict(config_flags.get_override_values(holder._flagvalues[holder.name]))  # noqa: SLF001
 
 
 def config_file_argument(holder: flags.FlagHolder) -> str:
@@ -236,7 +274,7 @@ def config_from_workdir(
         raise ConfigError(f'no {WORKDIR_CONFIG} in {path} or the workdir above it: is it a training workdir?')
     given = dict(overrides or {})
     if holder is not None:
-        given.update(config_flags.get_override_values(holder._flagvalues[holder.name]))  # noqa: SLF001
+        given.update(overrides_given(holder))
     refused = [name for name in given if _is_architecture(name)]
     if refused:
         raise ConfigError(

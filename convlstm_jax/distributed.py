@@ -11,31 +11,19 @@ How main.py uses it:
         if distributed.should_stop(stop_requested):  # True on all processes if True on any
             save and leave the loop
 
-Where the process group comes from, first match wins:
-1. Flags `--coordinator_address=HOST:PORT --num_processes=N --process_id=I [--local_device_ids=0,1]`, or the
-   environment variables `CONVLSTM_COORDINATOR_ADDRESS`, `CONVLSTM_NUM_PROCESSES`, `CONVLSTM_PROCESS_ID`,
-   `CONVLSTM_LOCAL_DEVICE_IDS` (a flag beats its variable). Coordinator, count and id are then all required,
-   except under srun/mpirun, where a coordinator alone is enough: count and id come from SLURM_* / OMPI_*.
-2. SLURM (inside `srun`: SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID)
-   or Open MPI (`mpirun`: `OMPI_*`), detected by JAX's own cluster code, so the coordinator is the first node
-   of the step on the port JAX derives from the job id (`JAX_COORDINATOR_PORT` overrides it).
+Where the process group comes from, first match wins (docs/launch.md lists the flags and variables):
+1. Flags `--coordinator_address --num_processes --process_id [--local_device_ids]`, or their CONVLSTM_*
+   variables (a flag beats its variable); under srun/mpirun a coordinator alone is enough.
+2. SLURM or Open MPI, detected by JAX's own cluster code (`JAX_COORDINATOR_PORT` overrides the port).
 3. Otherwise, or with one process, or with `--distributed=off`: a single-process run.
 
-Local devices under SLURM/Open MPI: JAX alone would give every process only the GPU numbered like its local
-rank — right for one process per GPU, wrong for one process per node (only GPU 0 would train). Here the GPUs a
-process sees (`CUDA_VISIBLE_DEVICES`, else `/dev/nvidiaN`) are split evenly among the processes of its node:
-one process per node drives them all; a process whose GPUs were bound to it by the scheduler uses all it sees.
-`--local_device_ids` overrides the rule (`all` = every visible device).
+Local devices under SLURM/Open MPI: the GPUs a process sees are split evenly among the processes of its node
+(JAX alone would give each only the GPU numbered like its local rank); `--local_device_ids` overrides this.
 
-Failure behaviour, bounded by `--distributed_heartbeat_timeout` (default 100 s):
-- process 0 first checks that the coordinator port is free (JAX 0.10 segfaults on a port in use);
-- a process that dies is noticed by the others within the heartbeat timeout (JAX's coordination service then
-  terminates them with "Terminating process because the JAX distributed service detected fatal errors"); a
-  collective that loses its peer fails at once;
-- an uncaught exception in a multi-process run is printed and the process exits at once with status 1,
-  instead of waiting in JAX's shutdown barrier while the others wait in a collective for it;
-- a process that cannot reach the coordinator exits non-zero after about `--distributed_init_timeout`
-  (default 300 s; also how long a finished process waits for the others at exit).
+Failure behaviour, bounded by `--distributed_heartbeat_timeout` (default 100 s): process 0 first checks that
+the coordinator port is free (JAX 0.10 segfaults on a port in use); a dead process is noticed by the others
+within the heartbeat timeout; an uncaught exception prints and exits at once with status 1 instead of waiting
+in JAX's shutdown barrier; a process that cannot reach the coordinator exits after its init timeout.
 
 JAX's preemption service is switched off: it would install its own SIGTERM handler over Python's and swallow
 the signal; stopping on SIGTERM is `should_stop`'s job. On CPU, collectives across processes use gloo.
@@ -43,7 +31,6 @@ the signal; stopping on SIGTERM is `should_stop`'s job. On CPU, collectives acro
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import errno
 import os
@@ -65,8 +52,6 @@ _ENV_LOCAL_DEVICE_IDS = ENV_PREFIX + 'LOCAL_DEVICE_IDS'
 _ENV_MODE = ENV_PREFIX + 'DISTRIBUTED'
 _ENV_INIT_TIMEOUT = ENV_PREFIX + 'DISTRIBUTED_INIT_TIMEOUT'
 _ENV_HEARTBEAT_TIMEOUT = ENV_PREFIX + 'DISTRIBUTED_HEARTBEAT_TIMEOUT'
-_ENV_CPU_DEVICES = ENV_PREFIX + 'CPU_DEVICES'
-_CPU_DEVICE_FLAG = '--xla_force_host_platform_device_count'
 
 MODES = ('auto', 'off')
 
@@ -156,43 +141,6 @@ def initialize_from_flags(
         heartbeat_timeout=flag_values.distributed_heartbeat_timeout,
     )
     return group
-
-
-def use_cpu_devices(count: int, env: dict[str, str] | None = None) -> None:
-    """Makes XLA's CPU platform expose `count` devices, through XLA_FLAGS in `env` (default: this process's,
-    which must not have started JAX's backends yet). GPUs are unaffected: they stay the default platform.
-
-    XLA:CPU leaves much of a core idle inside one device's program (small fusions run one after the
-    other); with one device per core the cores run their shards of the pmapped step side by side.
-    """
-    if count < 1:
-        raise ValueError(f'cpu_devices must be a positive number of devices, got {count}')
-    if env is None:
-        from jax._src import xla_bridge
-
-        if xla_bridge.backends_are_initialized():
-            raise RuntimeError('use_cpu_devices must run before JAX creates its devices')
-        env = os.environ
-    others = re.sub(rf'{_CPU_DEVICE_FLAG}=\S*', '', env.get('XLA_FLAGS', '')).split()
-    env['XLA_FLAGS'] = ' '.join([*others, f'{_CPU_DEVICE_FLAG}={count}'])
-
-
-def add_cpu_devices_argument(parser: argparse.ArgumentParser) -> None:
-    """`--cpu_devices N` for the argparse commands not yet on absl (the absl flag, with the automatic
-    one-device-per-core default, is cli.CPU_DEVICES): remove once they adopt cli.py."""
-
-    def count(text: str) -> int:
-        if not text.isdigit() or int(text) < 1:
-            raise argparse.ArgumentTypeError(f'expected a positive number of devices, got {text!r}')
-        return int(text)
-
-    parser.add_argument(
-        '--cpu_devices',
-        type=count,
-        default=None,
-        help='split the CPU into this many JAX devices and the batches over them (CPU-only machines: one '
-        'per core is fastest); no effect on a GPU',
-    )
 
 
 def resolve(

@@ -1,6 +1,6 @@
 """Import a Keras checkpoint into a model directory (see checkpoints.py), the format every command reads.
 
-    python -m convlstm_jax.keras_io SRC --out DIR [--config configs/one_layer.py]
+    python -m convlstm_jax.keras_io SRC --out DIR [--config configs/one_layer.py[:variant]] [--config.FIELD=V]
 
 SRC is one of
 - a tf.keras 2 SavedModel directory (the two 2021 checkpoints), read with tf_keras;
@@ -19,9 +19,7 @@ nearest-neighbour resize, horizon 45).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import importlib.util
 import io
 import json
 import pathlib
@@ -619,40 +617,48 @@ def _input_spec(kfile: KerasFile, config: ml_collections.ConfigDict | None) -> d
     return spec
 
 
-def load_config(path: str) -> ml_collections.ConfigDict:
-    """`configs/x.py` or `configs/x.py:variant`, as ml_collections' config_flags reads it."""
-    file, _, arg = path.partition(':')
-    spec = importlib.util.spec_from_file_location('_convlstm_jax_config', file)
-    if spec is None or spec.loader is None or not pathlib.Path(file).is_file():
-        raise FileNotFoundError(f'config file {file} not found')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+def define_flags(flag_values: Any, argv: list[str]) -> None:
+    """The options of the command, in `flag_values` (see cli.run)."""
+    from absl import flags
+
+    from convlstm_jax import cli
+    from convlstm_jax import config as config_lib
+
+    config_lib.define_config_flag(flag_values=flag_values, argv=argv)
+    cli.define_common_flags(flag_values, cpu_devices=False)
+    flags.DEFINE_string(
+        'out',
+        None,
+        'Model directory to write (replaced if it exists).',
+        flag_values=flag_values,
+        required=True,
+    )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog='python -m convlstm_jax.keras_io',
-        description='Import a Keras checkpoint into a model directory.',
-    )
-    parser.add_argument('src', help='SavedModel directory, .h5, .keras or .weights.h5')
-    parser.add_argument('--out', required=True, help='model directory to write (replaced if it exists)')
-    parser.add_argument(
-        '--config',
-        help='configs/x.py[:variant]: architecture for weights-only files, and the '
-        'input contract and compute options',
-    )
-    args = parser.parse_args(argv)
-    config = load_config(args.config) if args.config else None
+def run(f: Any, src: str) -> int:
+    from convlstm_jax import cli
+
+    config = cli.load_config_or_exit(cli.config_holder(f)) if f['config'].value is not None else None
+    if config is not None:
+        cli.print_config_and_exit_if_asked(config, f)
+    elif f.print_config:
+        sys.exit('error: --print_config needs --config')
     try:
-        spec, variables = import_keras(args.src, config)
+        spec, variables = import_keras(src, config)
     except (ValueError, FileNotFoundError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    out = checkpoints.save_model_dir(args.out, spec, variables)
+    out = checkpoints.save_model_dir(f.out, spec, variables)
     count = sum(int(np.prod(v.shape)) for v in jax.tree.leaves(variables['params']))
     print(f'wrote {out}: {spec["model"]["filters"]} filters, {count:,} parameters, input {spec["input"]}')
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command with `argv` (SRC and the options, without the program name; default sys.argv[1:])."""
+    from convlstm_jax import cli
+
+    return cli.run(run, __doc__, define_flags, argv, positional=('SRC',))
 
 
 if __name__ == '__main__':

@@ -29,6 +29,7 @@ _WORKDIR = flags.DEFINE_string(
     '_<variant> after a colon variant (runs/two_layer, runs/two_layer_quick).',
 )
 flags.mark_flags_as_required(['config'])
+cli.define_common_flags()  # --cpu_devices, --print_config
 distributed.define_flags()  # --coordinator_address, --num_processes, …; a single process needs none
 
 

@@ -15,11 +15,14 @@ frame t with a full history (t ≥ T·C − 1; no later frame is used) gets the 
 The video is streamed: only a sliding window of frames (one clip's history plus a batch, plus the chunk being
 decoded) is held in memory. preds.csv has the columns frame,probability, one row per frame; the probability
 is left empty for the first T·C − 1 frames, which have no full clip. The optional plot shows it over time.
+
+The config is the workdir's config.json (else model.json's contract): --config.data.resize=area changes how
+video frames are resized; architecture overrides are refused. A CPU-only machine is split into one JAX device
+per core (--cpu_devices=1 turns that off).
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import functools
 import io as stdlib_io
@@ -33,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convlstm_jax import checkpoints, distributed, io, parallel
+from convlstm_jax import checkpoints, io, parallel
 from convlstm_jax import progress as progress_lib
 from convlstm_jax.data import clips as clip_slicing
 from convlstm_jax.data import sources
@@ -355,12 +358,15 @@ def predict_recording_file(
     select: str = 'best_auc',
     batch_size: int = 8,
     progress: bool = True,
+    resize: str | None = None,
 ) -> tuple[np.ndarray, sources.Recording, dict[str, Any]]:
-    """(probability per frame as in `predict_recording`, the recording, the model's spec)."""
+    """(probability per frame as in `predict_recording`, the recording, the model's spec). `resize`
+    replaces the input contract's resize method (config.data.resize)."""
     recording = open_recording(video=video, frames=frames)
     spec, model, variables = load_predictor(checkpoint, select)
+    input_spec = {**spec['input'], 'resize': resize} if resize else spec['input']
     probabilities = predict_recording(
-        model, variables, recording, spec['input'], batch_size=batch_size, progress=progress
+        model, variables, recording, input_spec, batch_size=batch_size, progress=progress
     )
     return probabilities, recording, spec
 
@@ -382,56 +388,79 @@ def write_predictions_csv(path: str | pathlib.Path, probabilities: np.ndarray) -
     io.write_atomic(path, write)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog='python -m convlstm_jax.predict',
-        description='Burst probabilities of a model over clips, a video or a folder of frames.',
+def define_flags(flag_values: Any, argv: list[str]) -> None:
+    """The options of the command, in `flag_values` (see cli.run)."""
+    from absl import flags
+
+    from convlstm_jax import cli
+    from convlstm_jax import config as config_lib
+
+    config_lib.define_config_flag(from_workdir=True, flag_values=flag_values, argv=argv)
+    cli.define_common_flags(flag_values)
+    f = flag_values
+    flags.DEFINE_string(
+        'checkpoint', None, 'Model directory, training workdir or step directory.', flag_values=f
     )
-    parser.add_argument(
-        '--checkpoint', required=True, help='model directory, training workdir or step directory'
+    flags.DEFINE_string(
+        'clips', None, '.npy of clips (N, T, H, W, C), uint8 or float in [0, 1].', flag_values=f
     )
-    parser.add_argument(
-        '--select', default='best_auc', choices=checkpoints.SELECTIONS, help='step of a workdir'
+    flags.DEFINE_string('video', None, 'A video of one new recording (anything PyAV reads).', flag_values=f)
+    flags.DEFINE_string('frames', None, 'A folder of numbered frames (00000.png, …) of one.', flag_values=f)
+    flags.DEFINE_string(
+        'out', None, '--clips: .npy of probabilities (N,); else CSV frame,probability.', flag_values=f
     )
-    inputs = parser.add_mutually_exclusive_group(required=True)
-    inputs.add_argument('--clips', help='.npy of clips (N, T, H, W, C), uint8 or float in [0, 1]')
-    inputs.add_argument('--video', help='a video file of one new recording (anything PyAV reads)')
-    inputs.add_argument('--frames', help='a folder of numbered frames (00000.png, …) of one new recording')
-    parser.add_argument(
-        '--out',
-        required=True,
-        help='with --clips: .npy of probabilities (N,) float32; with --video/--frames: CSV frame,probability',
+    flags.DEFINE_string(
+        'plot', None, 'With --video/--frames: PNG of the probability over time.', flag_values=f
     )
-    parser.add_argument('--plot', help='with --video/--frames: PNG of the probability over time')
-    parser.add_argument('--batch_size', type=int, default=8)
-    distributed.add_cpu_devices_argument(parser)
-    args = parser.parse_args(argv)
-    if args.cpu_devices:
-        distributed.use_cpu_devices(args.cpu_devices)
-    if args.plot and args.clips:
-        parser.error('--plot needs --video or --frames')
+    flags.DEFINE_enum('select', 'best_auc', checkpoints.SELECTIONS, 'Step of a workdir.', flag_values=f)
+    flags.DEFINE_integer('batch_size', 8, 'Clips per batch (split over the devices).', 1, flag_values=f)
+    flags.mark_flags_as_required(['checkpoint', 'out'], flag_values=f)
+    flags.mark_flags_as_mutual_exclusive(['clips', 'video', 'frames'], required=True, flag_values=f)
+
+
+def run(f: Any) -> int:
+    from convlstm_jax import cli
+
+    if f.plot and f.clips:
+        sys.exit('error: --plot needs --video or --frames')
     try:
-        if args.clips:
-            _predict_clips_cli(args)
+        config = cli.model_config_or_exit(f.checkpoint, cli.config_holder(f))
+        cli.print_config_and_exit_if_asked(config, f)
+        note = cli.set_up_cpu_devices((f.batch_size,), multi_process=False, flag_values=f)
+        if note:
+            print(f'predicting with {f.checkpoint} on {note}', flush=True)
+        if f.clips:
+            probabilities = predict_clips_file(
+                f.checkpoint, f.clips, select=f.select, batch_size=f.batch_size
+            )
+            io.write_atomic(f.out, lambda file: np.save(file, probabilities))
+            print(f'wrote {f.out}: {len(probabilities)} probabilities, mean {_mean(probabilities)}')
         else:
-            _predict_recording_cli(args)
-    except (ValueError, OSError) as e:  # OSError: missing files, and the PyAV errors that derive from it
+            _predict_recording_cli(f, config.data.resize)
+    except (
+        ValueError,
+        OSError,
+    ) as e:  # OSError: missing files and PyAV's errors; ValueError: CheckpointError
         print(f'error: {e}', file=sys.stderr)
         return 2
     return 0
 
 
-def _predict_clips_cli(args: argparse.Namespace) -> None:
-    probabilities = predict_clips_file(
-        args.checkpoint, args.clips, select=args.select, batch_size=args.batch_size
-    )
-    io.write_atomic(args.out, lambda f: np.save(f, probabilities))
-    print(f'wrote {args.out}: {len(probabilities)} probabilities, mean {_mean(probabilities)}')
+def main(argv: list[str] | None = None) -> int:
+    """The command with `argv` (the arguments, without the program name; default sys.argv[1:])."""
+    from convlstm_jax import cli
+
+    return cli.run(run, __doc__, define_flags, argv)
 
 
-def _predict_recording_cli(args: argparse.Namespace) -> None:
+def _predict_recording_cli(args: Any, resize: str) -> None:
     probabilities, recording, spec = predict_recording_file(
-        args.checkpoint, video=args.video, frames=args.frames, select=args.select, batch_size=args.batch_size
+        args.checkpoint,
+        video=args.video,
+        frames=args.frames,
+        select=args.select,
+        batch_size=args.batch_size,
+        resize=resize,
     )
     write_predictions_csv(args.out, probabilities)
     predicted = probabilities[~np.isnan(probabilities)]

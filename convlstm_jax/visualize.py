@@ -10,7 +10,6 @@ of the logit with respect to the input). Figures are drawn with matplotlib's obj
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import pathlib
@@ -21,7 +20,6 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from convlstm_jax import model_data
 from convlstm_jax.plotting import save_figure
 
 GATE_ROWS = ('i', 'f', 'c̃', 'o', 'c', 'h')  # input, forget, candidate, output gates; cell and hidden state
@@ -184,15 +182,17 @@ def visualize(
     select: str = 'best_auc',
     channels: Sequence[int] = (0, 1),
     max_columns: int = 10,
-    overrides: Sequence[str] = (),
+    data_config: Any = None,
 ) -> pathlib.Path:
-    """Draws the clip ending at frame t of `split` through the model of `checkpoint` into a PNG."""
-    from convlstm_jax import checkpoints, models
-    from convlstm_jax.data import clips, dataset
+    """Draws the clip ending at frame t of `split` through the model of `checkpoint` into a PNG.
+    `data_config` (config.data) defaults to the data the model was trained on (cli.model_config)."""
+    from convlstm_jax import checkpoints, cli, models
+    from convlstm_jax.data import clips, dataset, sources
 
-    model_data.check_split_name(split)
+    sources.check_split_name(split)
+    if data_config is None:
+        data_config = cli.model_config(checkpoint).data
     spec, variables = checkpoints.load_model(checkpoint, select=select)
-    data_config = model_data.resolve_data_config(checkpoint, spec, overrides)
     splits = dataset.load_splits(data_config)
     if split not in splits:
         raise ValueError(f'the data has no split {split!r}: found {sorted(splits)}')
@@ -213,53 +213,67 @@ def visualize(
     return save_figure(figure, out)
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """(the options, the --config.data.FIELD=VALUE overrides): the one reader of the command line."""
-    parser = argparse.ArgumentParser(
-        prog='python -m convlstm_jax.visualize',
-        description='Gates, states and saliency of a ConvLSTM for the clip ending at one frame.',
-        epilog='Data overrides as in evaluate: --config.data.FIELD=VALUE',
+def define_flags(flag_values: Any, argv: Sequence[str]) -> None:
+    """The options of the command, in `flag_values` (see cli.run)."""
+    from absl import flags
+
+    from convlstm_jax import cli
+    from convlstm_jax import config as config_lib
+
+    config_lib.define_config_flag(from_workdir=True, flag_values=flag_values, argv=argv)
+    cli.define_common_flags(flag_values)
+    for name, default, text in (
+        ('checkpoint', None, 'Model directory, training workdir or step directory.'),
+        ('select', 'best_auc', 'Step of a workdir: best_auc | best_loss | latest.'),
+        ('split', 'test', 'Split the frame belongs to: train | validation | test.'),
+        ('out', None, 'PNG to write.'),
+        ('channels', '0,1', 'Comma-separated channels of each layer to show.'),
+    ):
+        flags.DEFINE_string(name, default, text, flag_values=flag_values)
+    flags.DEFINE_integer(
+        't', None, 'Target frame index of the clip (its last frame).', flag_values=flag_values
     )
-    parser.add_argument(
-        '--checkpoint', required=True, help='model directory, training workdir or step directory'
+    flags.DEFINE_integer(
+        'max_columns', 10, 'Time steps shown, spread evenly.', lower_bound=1, flag_values=flag_values
     )
-    parser.add_argument(
-        '--select', default='best_auc', help='step of a workdir: best_auc | best_loss | latest'
-    )
-    parser.add_argument('--split', default='test', help='split the frame belongs to (default: test)')
-    parser.add_argument('--t', type=int, required=True, help='target frame index of the clip')
-    parser.add_argument('--out', required=True, help='PNG to write')
-    parser.add_argument('--channels', default='0,1', help='comma-separated channels of each layer to show')
-    parser.add_argument('--max_columns', type=int, default=10, help='time steps shown, spread evenly')
-    args, rest = parser.parse_known_args(argv)
-    unknown = [arg for arg in rest if not arg.startswith(model_data.OVERRIDE_PREFIX)]
-    if unknown:
-        parser.error(f'unrecognized arguments: {" ".join(unknown)}')
+    flags.mark_flags_as_required(['checkpoint', 't', 'out'], flag_values=flag_values)
+
+
+def run(f: Any) -> int:
+    from convlstm_jax import cli
+
     try:
-        args.channels = [int(c) for c in args.channels.split(',') if c.strip()]
+        channels = [int(c) for c in f.channels.split(',') if c.strip()]
     except ValueError:
-        parser.error(f'--channels: expected comma-separated integers such as 0,1, found {args.channels!r}')
-    return args, rest
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args, overrides = parse_args(argv)
+        sys.exit(f'error: --channels: expected comma-separated integers such as 0,1, found {f.channels!r}')
     try:
+        config = cli.model_config_or_exit(f.checkpoint, cli.config_holder(f))
+        cli.print_config_and_exit_if_asked(config, f)
+        note = cli.set_up_cpu_devices((1,), multi_process=False, flag_values=f)  # one clip: one device
+        if note:
+            print(f'visualizing {f.checkpoint} on {note}', flush=True)
         path = visualize(
-            args.checkpoint,
-            args.out,
-            split=args.split,
-            t=args.t,
-            select=args.select,
-            channels=args.channels,
-            max_columns=args.max_columns,
-            overrides=overrides,
+            f.checkpoint,
+            f.out,
+            split=f.split,
+            t=f.t,
+            select=f.select,
+            channels=channels,
+            max_columns=f.max_columns,
+            data_config=config.data,
         )
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # a corrupt checkpoint too (checkpoints.CheckpointError)
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(f'wrote {path}')
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command with `argv` (the arguments, without the program name; default sys.argv[1:])."""
+    from convlstm_jax import cli
+
+    return cli.run(run, __doc__, define_flags, argv)
 
 
 if __name__ == '__main__':

@@ -126,12 +126,15 @@ def test_bad_flags_say_what_was_expected(capsys):
         ['--devices', '0'],
         ['--batch', '4,0'],
     ):
-        with pytest.raises(SystemExit):
+        with pytest.raises(SystemExit) as exit_info:
             benchmark.main(flags)
-        assert 'expected' in capsys.readouterr().err
-    with pytest.raises(SystemExit):
+        message = str(exit_info.value.code)  # exit status 1, the message on stderr
+        assert message.startswith(f'error: {flags[0]}') and 'expected' in message and '\n' not in message
+    with pytest.raises(SystemExit) as exit_info:
         benchmark.main(['--batch', '3', '--devices', '1,2'])
-    assert '--batch 3 does not split evenly over [2] devices' in capsys.readouterr().err
+    assert exit_info.value.code == 'error: --batch 3 does not split evenly over [2] devices'
+    with pytest.raises(SystemExit, match="^error: --models: unknown model 'three_layer'"):
+        benchmark.main(['--models', 'three_layer'])
 
 
 @pytest.mark.slow

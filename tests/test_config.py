@@ -191,3 +191,14 @@ def test_help_lists_every_option_with_defaults():
     text = cli.help_text('The command.', values)
     assert text.startswith('The command.\n') and '--steps: How many.' in text and "(default: '3')" in text
     assert '--config: Config file' in text and '--print_config lists' in text
+
+
+def test_cpu_devices_set_xla_flags_keeping_the_others():
+    env = {'XLA_FLAGS': '--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8'}
+    cli.use_cpu_devices(2, env)
+    assert env['XLA_FLAGS'] == '--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2'
+    fresh: dict[str, str] = {}
+    cli.use_cpu_devices(3, fresh)
+    assert fresh['XLA_FLAGS'] == '--xla_force_host_platform_device_count=3'
+    with pytest.raises(ValueError, match='positive number of devices, got 0'):
+        cli.use_cpu_devices(0, {})

@@ -378,14 +378,3 @@ def test_port_in_use_exits_cleanly_not_with_a_segfault(tmp_path):
         )
     assert result.returncode == 1, result.stderr
     assert f'coordinator port {port}' in result.stderr and 'already in use' in result.stderr, result.stderr
-
-
-def test_cpu_devices_set_xla_flags_keeping_the_others():
-    env = {'XLA_FLAGS': '--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=8'}
-    distributed.use_cpu_devices(2, env)
-    assert env['XLA_FLAGS'] == '--xla_dump_to=/tmp/x --xla_force_host_platform_device_count=2'
-    fresh: dict[str, str] = {}
-    distributed.use_cpu_devices(3, fresh)
-    assert fresh['XLA_FLAGS'] == '--xla_force_host_platform_device_count=3'
-    with pytest.raises(ValueError, match='positive number of devices, got 0'):
-        distributed.use_cpu_devices(0, {})

@@ -8,7 +8,8 @@ import pathlib
 import numpy as np
 import pytest
 
-from convlstm_jax import metrics, model_data
+from convlstm_jax import cli as cli_lib
+from convlstm_jax import metrics
 from convlstm_jax.data import labels as labels_lib
 from convlstm_jax.evaluate import cli, core, reference
 from convlstm_jax.evaluate import model as model_evaluation
@@ -145,8 +146,7 @@ def test_cli_missing_reference_is_a_clear_error(tmp_path: pathlib.Path, capsys) 
 def test_cli_refuses_counts_below_one(option: str, tmp_path: pathlib.Path, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(['--reference', str(tmp_path), '--out', str(tmp_path / 'out'), option, '0'])
-    assert exit_info.value.code == 2
-    assert f'{option} must be at least 1, found 0' in capsys.readouterr().err
+    assert exit_info.value.code == f'error: {option} must be at least 1, found 0'  # exit status 1
     assert not (tmp_path / 'out').exists()
 
 
@@ -278,16 +278,26 @@ def test_model_mode_workdir_without_checkpoint_is_a_clear_error(
     assert 'no checkpoint' in capsys.readouterr().err
 
 
-def test_data_overrides_must_fit_the_model(tiny_model_dir: pathlib.Path) -> None:
+def test_data_overrides_must_fit_the_model(tiny_model_dir: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    """A model directory without config.json (an imported model): the defaults with model.json's input
+    contract, then the overrides; architecture overrides and unknown fields are one line, exit status 1."""
     from convlstm_jax import checkpoints
 
     spec = checkpoints.read_spec(tiny_model_dir / 'model.json')
-    config = model_data.resolve_data_config(tiny_model_dir, spec, ['--config.data.pipeline=numpy'])
-    assert config.pipeline == 'numpy' and config.height == spec['input']['height']
-    with pytest.raises(ValueError, match='input contract'):
-        model_data.resolve_data_config(tiny_model_dir, spec, ['--config.data.height=99'])
-    with pytest.raises(ValueError, match='unknown data config field'):
-        model_data.resolve_data_config(tiny_model_dir, spec, ['--config.data.colour=1'])
+    config = cli_lib.model_config(tiny_model_dir)
+    assert (
+        config.data.height == spec['input']['height']
+        and list(config.model.filters) == spec['model']['filters']
+    )
+    out = tmp_path / 'out'
+    for override, message in (
+        ('--config.data.height=99', 'error: --config.data.height would change the architecture'),
+        ('--config.data.colour=1', 'error: no such config field in --config.data.colour=1'),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main(['--checkpoint', str(tiny_model_dir), '--out', str(out), override])
+        assert str(exit_info.value.code).startswith(message), exit_info.value.code
+        assert '\n' not in str(exit_info.value.code) and not out.exists()
 
 
 def test_model_mode_unknown_select_is_a_clear_error(

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from convlstm_jax import checkpoints, keras_io, predict
+from convlstm_jax import config as config_lib
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKPOINTS_2021 = {
@@ -283,7 +284,9 @@ def test_architecture_differing_from_config_is_refused(tf_keras, tmp_path):
     )
     path = tmp_path / 'tiny.h5'
     keras_model.save(path)
-    config = keras_io.load_config(str(_write_config(tmp_path / 'c.py', filters=(4,), batchnorm_last=True)))
+    config = config_lib.load_config_file(
+        str(_write_config(tmp_path / 'c.py', filters=(4,), batchnorm_last=True))
+    )
     with pytest.raises(ValueError, match=r'differs from --config:\n  filters: file \[3\], config \[4\]'):
         keras_io.import_keras(path, config)
 

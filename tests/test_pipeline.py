@@ -230,7 +230,7 @@ def test_prefetch_to_devices_shards_over_local_devices(split: Split) -> None:
 
 def test_benchmark_command_runs_on_tiny_shapes(tmp_path, capsys) -> None:
     out = tmp_path / 'pipeline.json'
-    argv = '--benchmark --frames 120 --shape 3 4 6 2 --clips 16 --backends numpy --threads 1 2'.split()
+    argv = '--benchmark --frames 120 --shape 3,4,6,2 --clips 16 --backends numpy --threads 1,2'.split()
     pipeline.main([*argv, '--json', str(out)])
     rows = json.loads(out.read_text())
     assert [(row['backend'], row['threads']) for row in rows] == [('numpy', 1), ('numpy', 2)]

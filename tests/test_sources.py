@@ -304,9 +304,10 @@ def test_prepare_command(tmp_path, capsys):
     root = tmp_path / 'frames'
     for split in sources.SPLITS:
         write_frames(root / split, random_frames(14))
-    cache_dir = ['--data_dir', str(tmp_path / 'cache')]
-    arguments = ['--source', 'frames', '--path', str(root), *cache_dir, '--height', '12', '--width', '16']
-    prepare.main(arguments + ['--time_steps', '2', '--horizon_seconds', '0.3', '--fps', '10'])
+    cache_dir = [f'--config.data.data_dir={tmp_path / "cache"}']
+    arguments = ['--config.data.source=frames', f'--config.data.path={root}', *cache_dir]
+    arguments += ['--config.data.height=12', '--config.data.width=16', '--config.data.time_steps=2']
+    prepare.main(arguments + ['--config.data.horizon_seconds=0.3', '--config.data.fps=10'])
     printed = capsys.readouterr().out
     assert 'prepared dataset: ' in printed and 'test: 14 frames (12, 16), 3 samples' in printed
     (entry,) = (tmp_path / 'cache').iterdir()
@@ -339,5 +340,8 @@ def test_prepare_command_bad_input_is_one_line(tmp_path):
     from convlstm_jax.data import prepare
 
     with pytest.raises(SystemExit, match='^error: frames source: expected a folder'):
-        prepare.main(['--source', 'frames', '--path', str(tmp_path / 'absent'), '--data_dir', str(tmp_path)])
+        prepare.main(
+            ['--config.data.source=frames', f'--config.data.path={tmp_path / "absent"}']
+            + [f'--config.data.data_dir={tmp_path}']
+        )
     assert list(tmp_path.iterdir()) == []

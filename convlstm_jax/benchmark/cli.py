@@ -1,12 +1,17 @@
-"""The command line, `python -m convlstm_jax.benchmark [flags]`, and the hidden `--worker` of each row."""
+"""The command line, `python -m convlstm_jax.benchmark [flags]`, and the `--worker` of each row.
+
+Training and inference throughput of the ConvLSTM classifiers against Keras and PyTorch, on one machine
+(docs/benchmark.md). Each --models config is loaded by the loader every --config goes through
+(config.load_config_file), and checked.
+"""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import pathlib
 import sys
+import types
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -26,8 +31,12 @@ from convlstm_jax.benchmark.runner import plan_rows, run_row, run_rows
 from convlstm_jax.benchmark.table import compiled_memory_table, header_lines, markdown_table
 
 
+class _BadFlag(ValueError):
+    """A flag value that is not what the flag expects (reported in one line)."""
+
+
 def _choices(valid: Sequence[str], *, special: Sequence[str] = ()) -> Callable[[str], list[str]]:
-    """An argparse type: a comma list of `valid` names, or one of the `special` words alone (as a 1-list)."""
+    """A comma list of `valid` names, or one of the `special` words alone (as a 1-list)."""
 
     def parse(text: str) -> list[str]:
         if text in special:
@@ -35,9 +44,7 @@ def _choices(valid: Sequence[str], *, special: Sequence[str] = ()) -> Callable[[
         values = [v.strip() for v in text.split(',') if v.strip()]
         if not values or any(v not in valid for v in values):
             words = ''.join(f' or {w}' for w in special)
-            raise argparse.ArgumentTypeError(
-                f'expected a comma list of {", ".join(valid)}{words}; got {text!r}'
-            )
+            raise _BadFlag(f'expected a comma list of {", ".join(valid)}{words}; got {text!r}')
         return values
 
     return parse
@@ -49,12 +56,12 @@ def _shape(text: str) -> tuple[int, ...]:
     except ValueError:
         shape = ()
     if len(shape) != 4 or min(shape) < 1:
-        raise argparse.ArgumentTypeError(f'expected T,H,W,C positive integers; got {text!r}')
+        raise _BadFlag(f'expected T,H,W,C positive integers; got {text!r}')
     return shape
 
 
 def _positive_ints(example: str) -> Callable[[str], list[int]]:
-    """An argparse type: a comma list of positive integers, e.g. `example`."""
+    """A comma list of positive integers, e.g. `example`."""
 
     def parse(text: str) -> list[int]:
         try:
@@ -62,7 +69,7 @@ def _positive_ints(example: str) -> Callable[[str], list[int]]:
         except ValueError:
             values = []
         if not values or min(values) < 1:
-            raise argparse.ArgumentTypeError(f'expected positive integers like {example}; got {text!r}')
+            raise _BadFlag(f'expected positive integers like {example}; got {text!r}')
         return values
 
     return parse
@@ -72,76 +79,96 @@ def _remat(text: str) -> list[bool]:
     return [v == 'on' for v in _choices(('off', 'on'))(text)]
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog='python -m convlstm_jax.benchmark',
-        description='Training and inference throughput of the ConvLSTM classifiers against Keras and '
-        'PyTorch, on one machine.',
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+# name, default, help, parser of the text (None: the value as absl parsed it)
+_LIST_FLAGS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
+    ('models', 'one_layer,two_layer', 'Config names in configs/ or .py paths.', lambda text: text),
+    (
+        'frameworks',
+        'all',
+        f'Comma list of {", ".join(FRAMEWORKS)}; all: those installed here.',
+        _choices(FRAMEWORKS, special=('all',)),
+    ),
+    ('modes', 'train,infer', 'train, infer or both.', _choices(MODES)),
+    (
+        'dtypes',
+        'float32,bfloat16',
+        'Compute dtypes of the convlstm_jax rows (parameters, BatchNorm and loss stay float32).',
+        _choices(DTYPES),
+    ),
+    ('remat', 'on', 'convlstm_jax training rows: off, on or off,on.', _remat),
+    (
+        'devices',
+        '1',
+        'convlstm_jax rows: devices the step is pmapped over, e.g. 1,2; on a CPU each row splits the CPU '
+        'into that many devices (--cpu_devices of the training job).',
+        _positive_ints('1,2'),
+    ),
+    (
+        'pipeline',
+        'auto',
+        'Input pipeline backends of the end-to-end rows (device: clips cut in the step); auto: tfdata '
+        'where TensorFlow is installed, else numpy, and device.',
+        _choices(PIPELINE_BACKENDS, special=('auto', 'none')),
+    ),
+    ('shape', ','.join(map(str, DEFAULT_SHAPE)), 'Clip shape T,H,W,C.', _shape),
+    ('batch', '4', 'Global batch sizes, e.g. 4 or 4,16,64.', _positive_ints('4,16,64')),
+)
+
+
+def define_flags(flag_values: Any, argv: Sequence[str]) -> None:
+    """The options of the benchmark, in `flag_values` (see convlstm_jax/cli.py's run)."""
+    from absl import flags
+
+    f = flag_values
+    for name, default, help_text, _ in _LIST_FLAGS:
+        flags.DEFINE_string(name, default, help_text, flag_values=f)
+    flags.DEFINE_integer('unroll', None, "Scan unrolling (default: the config's).", flag_values=f)
+    flags.DEFINE_bool(
+        'memory-analysis',
+        False,
+        "Compile this project's training steps and report XLA's memory analysis per device instead of "
+        'running them (for batches that do not fit in memory); other frameworks and modes are left out.',
+        flag_values=f,
     )
-    parser.add_argument(
-        '--models', default='one_layer,two_layer', help='config names in configs/ or .py paths'
+    flags.DEFINE_integer('steps', 10, 'Timed steps per row.', lower_bound=1, flag_values=f)
+    flags.DEFINE_integer(
+        'warmup', 2, 'Untimed steps first (the first one compiles).', lower_bound=0, flag_values=f
     )
-    parser.add_argument(
-        '--frameworks',
-        default='all',
-        type=_choices(FRAMEWORKS, special=('all',)),
-        help=f'comma list of {", ".join(FRAMEWORKS)}; all: those installed here',
+    flags.DEFINE_float(
+        'time-budget-s',
+        300.0,
+        'Per row, warm-up and timed steps each stop early after this long (one step at least).',
+        flag_values=f,
     )
-    parser.add_argument('--modes', default='train,infer', type=_choices(MODES), help='train, infer or both')
-    parser.add_argument(
-        '--dtypes',
-        default='float32,bfloat16',
-        type=_choices(DTYPES),
-        help='compute dtypes of the convlstm_jax rows (parameters, BatchNorm and loss stay float32)',
+    flags.DEFINE_float('row-timeout-s', 3600.0, 'A row running longer is killed.', flag_values=f)
+    flags.DEFINE_integer('seed', 0, 'Seed of the weights and data.', flag_values=f)
+    flags.DEFINE_string('json', None, 'Write the rows to this JSON file.', flag_values=f)
+    flags.DEFINE_bool(
+        'worker', False, 'Internal: run one row, `--worker SPEC RESULT` (the runner does).', flag_values=f
     )
-    parser.add_argument(
-        '--remat', default='on', type=_remat, help='convlstm_jax training rows: off, on or off,on'
+
+
+def parse_args(flag_values: Any) -> types.SimpleNamespace:
+    """The parsed options: comma lists as lists, checked; one-line SystemExit otherwise."""
+    args = types.SimpleNamespace(
+        unroll=flag_values.unroll,
+        memory_analysis=flag_values['memory-analysis'].value,
+        steps=flag_values.steps,
+        warmup=flag_values.warmup,
+        time_budget_s=flag_values['time-budget-s'].value,
+        row_timeout_s=flag_values['row-timeout-s'].value,
+        seed=flag_values.seed,
+        json=pathlib.Path(flag_values.json) if flag_values.json else None,
     )
-    parser.add_argument(
-        '--devices',
-        default='1',
-        type=_positive_ints('1,2'),
-        help='convlstm_jax rows: devices the step is pmapped over, e.g. 1,2; on a CPU each row splits the '
-        'CPU into that many devices (--cpu_devices of the training job)',
-    )
-    parser.add_argument('--unroll', type=int, default=None, help="scan unrolling (None: the config's)")
-    parser.add_argument(
-        '--pipeline',
-        default='auto',
-        type=_choices(PIPELINE_BACKENDS, special=('auto', 'none')),
-        help='input pipeline backends of the end-to-end rows (device: clips cut in the step); auto: tfdata '
-        'where TensorFlow is installed, else numpy, and device',
-    )
-    parser.add_argument('--shape', default=DEFAULT_SHAPE, type=_shape, help='clip shape T,H,W,C')
-    parser.add_argument(
-        '--batch', default='4', type=_positive_ints('4,16,64'), help='global batch sizes, e.g. 4 or 4,16,64'
-    )
-    parser.add_argument(
-        '--memory-analysis',
-        action='store_true',
-        help="compile this project's training steps and report XLA's memory analysis per device instead of "
-        'running them (for batches that do not fit in memory); other frameworks and modes are left out',
-    )
-    parser.add_argument('--steps', type=int, default=10, help='timed steps per row')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed steps first (the first one compiles)')
-    parser.add_argument(
-        '--time-budget-s',
-        type=float,
-        default=300.0,
-        help='per row, warm-up and timed steps each stop early after this long (one step at least)',
-    )
-    parser.add_argument('--row-timeout-s', type=float, default=3600.0, help='a row running longer is killed')
-    parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--json', type=pathlib.Path, default=None, help='write the rows to this JSON file')
-    parser.add_argument('--worker', nargs=2, metavar=('SPEC', 'RESULT'), help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        parser.error(f'expected --steps ≥ 1, --warmup ≥ 0; got {args.steps}, {args.warmup}')
+    for name, _, _, parse in _LIST_FLAGS:
+        try:
+            setattr(args, name, parse(flag_values[name].value))
+        except _BadFlag as e:
+            raise SystemExit(f'error: --{name}: {e}') from None
     for batch in args.batch:
         uneven = [count for count in args.devices if batch % count]
         if uneven:
-            parser.error(f'--batch {batch} does not split evenly over {uneven} devices')
+            raise SystemExit(f'error: --batch {batch} does not split evenly over {uneven} devices')
     return args
 
 
@@ -178,13 +205,32 @@ def worker_main(spec_path: str, result_path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    args = parse_args(argv)
-    if args.worker:
-        worker_main(*args.worker)
-        return []
+    """The command with `argv` (the arguments, without the program name; default sys.argv[1:]); returns the
+    rows."""
+    from convlstm_jax import cli  # lazily: importing the package loads no framework (cli imports JAX)
+
+    rows: list[dict[str, Any]] = []
+
+    def run(flag_values: Any, spec: str | None, result: str | None) -> None:
+        if flag_values.worker or spec is not None:
+            if not (flag_values.worker and result is not None):
+                raise SystemExit('error: only --worker SPEC RESULT takes arguments')
+            worker_main(spec, result)
+            return
+        rows.extend(benchmark(parse_args(flag_values)))
+
+    cli.run(run, __doc__, define_flags, argv, positional=('[SPEC]', '[RESULT]'))
+    return rows
+
+
+def benchmark(args: types.SimpleNamespace) -> list[dict[str, Any]]:
+    """Plans and runs the rows the options ask for, prints the table; returns the rows."""
     models = [m.strip() for m in args.models.split(',') if m.strip()]
     for model in models:
-        load_config(model)  # unknown names fail here, before any row runs
+        try:
+            load_config(model)  # unknown names and bad configs fail here, before any row runs
+        except ValueError as e:
+            raise SystemExit(f'error: --models: {e}') from None
     specs = plan_rows(
         models=models,
         frameworks=resolve_frameworks(args.frameworks),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import importlib.util
 import os
 import pathlib
 import platform
@@ -126,15 +125,15 @@ class RowSpec:
 
 
 def load_config(model: str) -> Any:
-    """`configs/<model>.py`'s get_config(), or that of the config file `model` (a path ending in .py)."""
+    """`configs/<model>.py`, or the config file `model` (a path ending in .py), loaded and checked by the
+    loader every `--config` goes through."""
     path = pathlib.Path(model) if model.endswith('.py') else CONFIGS_DIR / f'{model}.py'
     if not path.is_file():
         known = sorted(p.stem for p in CONFIGS_DIR.glob('*.py'))
         raise ValueError(f'unknown model {model!r}: expected one of {known} or the path of a config file')
-    module_spec = importlib.util.spec_from_file_location(f'_benchmark_config_{path.stem}', path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config()
+    from convlstm_jax import config as config_lib
+
+    return config_lib.load_config_file(str(path))
 
 
 def row_config(spec: RowSpec) -> Any:

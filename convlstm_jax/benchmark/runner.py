@@ -94,9 +94,9 @@ def worker_environment(spec: RowSpec) -> dict[str, str]:
     if spec.framework in KERAS3_BACKENDS:
         env['KERAS_BACKEND'] = KERAS3_BACKENDS[spec.framework]
     if spec.devices > 1:
-        from convlstm_jax import distributed
+        from convlstm_jax import cli
 
-        distributed.use_cpu_devices(spec.devices, env)
+        cli.use_cpu_devices(spec.devices, env)
     return env
 
 

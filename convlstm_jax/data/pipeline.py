@@ -19,7 +19,6 @@ the accelerator from frames placed there once (data/device.py). Clips stay uint8
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import itertools
@@ -381,24 +380,37 @@ def benchmark(
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--benchmark', action='store_true', help='measure the pipeline throughput (clips/s)')
-    parser.add_argument(
-        '--frames', type=int, default=44956, help='frames in the random split (44,956 in 2021)'
+def define_flags(flag_values: Any, argv: Sequence[str]) -> None:
+    """The options of `--benchmark`, in `flag_values` (see cli.run)."""
+    from absl import flags
+
+    f = flag_values
+    flags.DEFINE_bool('benchmark', False, 'Measure the pipeline throughput (clips/s).', flag_values=f)
+    flags.DEFINE_integer('frames', 44956, 'Frames in the random split (44,956 in 2021).', 1, flag_values=f)
+    flags.DEFINE_list(
+        'shape', '30,120,160,4', 'Clip shape N,H,W,C (steps, height, width, frames per step).', f
     )
-    parser.add_argument('--shape', type=int, nargs=4, default=(30, 120, 160, 4), metavar=('N', 'H', 'W', 'C'))
-    parser.add_argument('--batch', type=int, default=4)
-    parser.add_argument('--clips', type=int, default=4000, help='clips timed per backend, after a warm-up')
-    parser.add_argument('--backends', nargs='+', choices=HOST_BACKENDS, default=list(HOST_BACKENDS))
-    parser.add_argument(
-        '--threads', type=int, nargs='+', default=[2], help='threads that cut clips; several: one row each'
-    )
-    parser.add_argument('--json', help='also write the rows to this JSON file')
-    args = parser.parse_args(argv)
+    flags.DEFINE_integer('batch', 4, 'Clips per batch.', 1, flag_values=f)
+    flags.DEFINE_integer('clips', 4000, 'Clips timed per backend, after a warm-up.', 1, flag_values=f)
+    flags.DEFINE_multi_enum('backends', list(HOST_BACKENDS), HOST_BACKENDS, 'Backends (repeat: several).', f)
+    flags.DEFINE_list('threads', '2', 'Threads that cut clips, comma-separated; one row each.', f)
+    flags.DEFINE_string('json', None, 'Also write the rows to this JSON file.', flag_values=f)
+
+
+def _positive_integers(name: str, values: Sequence[str], count: int | None = None) -> list[int]:
+    numbers = [int(v) if v.isdigit() else 0 for v in values]
+    if not numbers or min(numbers) < 1 or len(numbers) != (count or len(numbers)):
+        found = ','.join(values)
+        sys.exit(
+            f'error: --{name}: expected {count or ""} comma-separated positive integers, found {found!r}'
+        )
+    return numbers
+
+
+def run(args: Any) -> None:
     if not args.benchmark:
-        parser.error('nothing to do: pass --benchmark')
-    time_steps, height, width, frames_per_step = args.shape
+        sys.exit('error: nothing to do: pass --benchmark')
+    time_steps, height, width, frames_per_step = _positive_integers('shape', args.shape, 4)
     rows = benchmark(
         num_frames=args.frames,
         height=height,
@@ -408,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         batch=args.batch,
         num_clips=args.clips,
         backends=args.backends,
-        threads=args.threads,
+        threads=_positive_integers('threads', args.threads),
     )
     print('| backend | threads | clips/s | clips per CPU-s | batch | clip shape | frames | startup s |')
     print('|---|---|---|---|---|---|---|---|')
@@ -427,5 +439,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         io.write_json(args.json, rows)
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command with `argv` (the arguments, without the program name; default sys.argv[1:])."""
+    from convlstm_jax import cli
+
+    return cli.run(run, __doc__, define_flags, argv)
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -24,6 +24,11 @@ RESIZE_METHODS = ('nearest', 'area')
 _CHUNK_FRAMES = 256  # frames per chunk read from a source
 
 
+def check_split_name(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f'unknown split {split!r}: expected one of {", ".join(SPLITS)}')
+
+
 @dataclasses.dataclass(frozen=True)
 class Recording:
     """One continuous stretch of video inside one split."""

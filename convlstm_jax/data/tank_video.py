@@ -6,11 +6,11 @@ python -m convlstm_jax.predict --checkpoint runs/quick --video tank.mp4 …   (d
 
 from __future__ import annotations
 
-import argparse
 import fractions
 import pathlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import av
 
@@ -64,20 +64,22 @@ def write_video(
     return num_frames
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog='python -m convlstm_jax.data.tank_video',
-        description='Writes an mp4 of the synthetic tank, something to predict on (convlstm_jax.predict).',
-    )
-    parser.add_argument('--out', required=True, help='the mp4 file to write, e.g. tank.mp4')
-    parser.add_argument('--seconds', type=float, default=60.0, help='length of the video (default 60)')
-    parser.add_argument(
-        '--seed', type=int, default=0, help='tank seed (the training data uses config seed 0)'
-    )
-    parser.add_argument('--height', type=int, default=120, help='frame height, even (default 120)')
-    parser.add_argument('--width', type=int, default=160, help='frame width, even (default 160)')
-    parser.add_argument('--fps', type=float, default=30.0, help='frames per second (default 30)')
-    args = parser.parse_args(argv)
+def define_flags(flag_values: Any, argv: Sequence[str]) -> None:
+    """The options of the command, in `flag_values` (see cli.run)."""
+    from absl import flags
+
+    def define(kind, name, default, text, **kwargs):
+        getattr(flags, f'DEFINE_{kind}')(name, default, text, flag_values=flag_values, **kwargs)
+
+    define('string', 'out', None, 'The mp4 file to write, e.g. tank.mp4.', required=True)
+    define('float', 'seconds', 60.0, 'Length of the video.')
+    define('integer', 'seed', 0, 'Tank seed (the training data uses config seed 0).')
+    define('integer', 'height', 120, 'Frame height, even.')
+    define('integer', 'width', 160, 'Frame width, even.')
+    define('float', 'fps', 30.0, 'Frames per second.')
+
+
+def run(args: Any) -> None:
     try:
         count = write_video(
             args.out, args.seconds, seed=args.seed, height=args.height, width=args.width, fps=args.fps
@@ -90,5 +92,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command with `argv` (the arguments, without the program name; default sys.argv[1:])."""
+    from convlstm_jax import cli
+
+    return cli.run(run, __doc__, define_flags, argv)
+
+
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

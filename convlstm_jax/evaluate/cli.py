@@ -1,86 +1,87 @@
 """The command line of `python -m convlstm_jax.evaluate` (see the package docstring).
 
-`parse_args` is the one function that reads the command line, including the hand-parsed
-`--config.data.FIELD=VALUE` overrides it passes on to convlstm_jax/model_data.py.
+    python -m convlstm_jax.evaluate --reference ../shared/reference/fish2021 --out DIR
+    python -m convlstm_jax.evaluate --checkpoint PATH [--select best_auc] [--split test] --out DIR
+
+With --checkpoint the data comes from the training workdir's config.json (a model directory without one, such
+as an imported Keras model, takes the defaults with its model.json's input contract); override data fields
+with --config.data.FIELD=VALUE (e.g. --config.data.path=other.mp4); overrides that would change the
+architecture are refused. On a CPU-only machine the CPU is split into one JAX device per core
+(--cpu_devices=1 turns that off).
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
 import sys
 from collections.abc import Sequence
 
-from convlstm_jax import distributed
+from absl import flags
+
+from convlstm_jax import cli
+from convlstm_jax import config as config_lib
 from convlstm_jax.evaluate.core import BootstrapOptions
-from convlstm_jax.evaluate.report import model_report, reference_report
+
+_POSITIVE = ('batch_size', 'num_resamples', 'block_length', 'window')
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    """(the options, the --config.data.FIELD=VALUE overrides): the one reader of the command line."""
-    parser = argparse.ArgumentParser(
-        prog='python -m convlstm_jax.evaluate',
-        description='Evaluate a model (or the shipped 2021 predictions) beside the ỹ baselines; '
-        'thresholds are chosen on validation and applied to the scored split.',
-        epilog='Model mode also takes data overrides: --config.data.FIELD=VALUE, e.g. --config.data.path=DIR',
+def define_flags(flag_values: flags.FlagValues, argv: Sequence[str]) -> None:
+    """The options of evaluate, in `flag_values` (see cli.run)."""
+    config_lib.define_config_flag(from_workdir=True, flag_values=flag_values, argv=argv)
+    cli.define_common_flags(flag_values)
+
+    def define(kind, name, default, help_text, **kwargs):
+        getattr(flags, f'DEFINE_{kind}')(name, default, help_text, flag_values=flag_values, **kwargs)
+
+    define('string', 'checkpoint', None, 'Model directory, training workdir or step directory to evaluate.')
+    define('string', 'reference', None, 'The 2021 artifacts folder (e.g. ../shared/reference/fish2021).')
+    define('string', 'select', 'best_auc', 'Step of a workdir: best_auc | best_loss | latest.')
+    define('string', 'split', 'test', 'Split to score (with --checkpoint): train | validation | test.')
+    define('string', 'out', None, 'Folder for report.md, metrics.json and the plots.')
+    define('integer', 'batch_size', 16, 'Clips per prediction batch (with --checkpoint).')
+    define('integer', 'num_resamples', 1000, 'Bootstrap resamples for AUC intervals.')
+    define('integer', 'block_length', 240, 'Bootstrap block length in samples.')
+    define('integer', 'seed', 0, 'Bootstrap seed.')
+    define(
+        'integer', 'window', 600, 'Frames per window of the timeline plot (those with the most positives).'
     )
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument('--checkpoint', help='model directory, training workdir or step directory')
-    source.add_argument('--reference', help='the 2021 artifacts folder (e.g. ../shared/reference/fish2021)')
-    parser.add_argument(
-        '--select', default='best_auc', help='step of a workdir: best_auc | best_loss | latest'
-    )
-    parser.add_argument('--split', default='test', help='split to score (model mode)')
-    parser.add_argument('--out', required=True, help='folder for report.md, metrics.json and the plots')
-    parser.add_argument('--batch_size', type=int, default=16, help='clips per prediction batch (model mode)')
-    distributed.add_cpu_devices_argument(parser)
-    parser.add_argument(
-        '--num_resamples', type=int, default=1000, help='bootstrap resamples for AUC intervals'
-    )
-    parser.add_argument('--block_length', type=int, default=240, help='bootstrap block length in samples')
-    parser.add_argument('--seed', type=int, default=0, help='bootstrap seed')
-    parser.add_argument(
-        '--window',
-        type=int,
-        default=600,
-        help='frames per window of the timeline plot (it shows the windows with the most positives)',
-    )
-    args, rest = parser.parse_known_args(argv)
-    overrides = [arg for arg in rest if arg.startswith('--config.')]
-    unknown = [arg for arg in rest if not arg.startswith('--config.')]
-    if unknown:
-        parser.error(f'unrecognized arguments: {" ".join(unknown)}')
-    if overrides and args.reference:
-        parser.error('--config.* overrides apply to --checkpoint only')
-    for name in ('batch_size', 'num_resamples', 'block_length', 'window'):
-        if getattr(args, name) < 1:
-            parser.error(f'--{name} must be at least 1, found {getattr(args, name)}')
-    return args, overrides
+    flags.mark_flag_as_required('out', flag_values=flag_values)
+    flags.mark_flags_as_mutual_exclusive(['checkpoint', 'reference'], required=True, flag_values=flag_values)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args, overrides = parse_args(argv)
-    if args.cpu_devices:
-        distributed.use_cpu_devices(args.cpu_devices)
-    bootstrap = BootstrapOptions(args.block_length, args.num_resamples, args.seed)
+def run(f: flags.FlagValues) -> int:
+    from convlstm_jax.evaluate.report import model_report, reference_report
+
+    holder = cli.config_holder(f)
+    for name in _POSITIVE:
+        if f[name].value < 1:
+            sys.exit(f'error: --{name} must be at least 1, found {f[name].value}')
+    bootstrap = BootstrapOptions(f.block_length, f.num_resamples, f.seed)
     try:
-        if args.reference:
-            report = reference_report(args.reference, args.out, bootstrap, window=args.window)
+        if f.reference:
+            if config_lib.overrides_given(holder) or f.print_config:
+                sys.exit('error: --config.* overrides and --print_config apply to --checkpoint only')
+            report = reference_report(f.reference, f.out, bootstrap, window=f.window)
         else:
+            config = cli.model_config_or_exit(f.checkpoint, holder)
+            cli.print_config_and_exit_if_asked(config, f)
+            note = cli.set_up_cpu_devices((f.batch_size,), multi_process=False, flag_values=f)
+            if note:
+                print(f'evaluating {f.checkpoint} on {note}', flush=True)
             report = model_report(
-                args.checkpoint,
-                args.out,
-                select=args.select,
-                split=args.split,
-                overrides=overrides,
-                batch_size=args.batch_size,
+                f.checkpoint,
+                f.out,
+                data_config=config.data,
+                select=f.select,
+                split=f.split,
+                batch_size=f.batch_size,
                 bootstrap=bootstrap,
-                window=args.window,
+                window=f.window,
             )
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError) as e:  # a corrupt checkpoint too (CheckpointError)
         print(f'error: {e}', file=sys.stderr)
         return 2
-    print(f'wrote {pathlib.Path(args.out) / "report.md"}')
+    print(f'wrote {pathlib.Path(f.out) / "report.md"}')
     for name, result in report['predictors'].items():
         rule = result['youden']
         print(
@@ -88,3 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f'(chosen on {rule["chosen_on"]}): TPR {rule["tpr"]:.3f} FPR {rule["fpr"]:.3f}'
         )
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command with `argv` (the arguments, without the program name; default sys.argv[1:])."""
+    return cli.run(run, __doc__, define_flags, argv)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Sequence
 
 import numpy as np
 
-from convlstm_jax import model_data, progress
+from convlstm_jax import progress
 from convlstm_jax.evaluate.core import (
     REPORT_FORMAT,
     BootstrapOptions,
@@ -69,18 +68,20 @@ def model_evaluation(
     *,
     select: str = 'best_auc',
     split: str = 'test',
-    overrides: Sequence[str] = (),
+    data_config=None,
     batch_size: int = 16,
     bootstrap: BootstrapOptions | None = None,
 ) -> tuple[dict, ScoredFrames, list[Predictor]]:
-    """The model's predictions on `split` beside the baselines, thresholds chosen on validation."""
-    from convlstm_jax import checkpoints, models
-    from convlstm_jax.data import dataset
+    """The model's predictions on `split` beside the baselines, thresholds chosen on validation.
+    `data_config` (config.data) defaults to the data the model was trained on (cli.model_config)."""
+    from convlstm_jax import checkpoints, cli, models
+    from convlstm_jax.data import dataset, sources
 
     bootstrap = bootstrap or BootstrapOptions()
-    model_data.check_split_name(split)
+    sources.check_split_name(split)
+    if data_config is None:
+        data_config = cli.model_config(checkpoint).data
     spec, variables = checkpoints.load_model(checkpoint, select=select)
-    data_config = model_data.resolve_data_config(checkpoint, spec, overrides)
     splits = dataset.load_splits(data_config)
     needed = [split] if split == SELECTION_SPLIT else [split, SELECTION_SPLIT]
     missing = [name for name in needed if name not in splits]

@@ -235,7 +235,7 @@ def model_report(
     *,
     select: str = 'best_auc',
     split: str = 'test',
-    overrides: Sequence[str] = (),
+    data_config=None,
     batch_size: int = 16,
     bootstrap: BootstrapOptions | None = None,
     window: int = 600,
@@ -245,7 +245,7 @@ def model_report(
         checkpoint,
         select=select,
         split=split,
-        overrides=overrides,
+        data_config=data_config,
         batch_size=batch_size,
         bootstrap=bootstrap,
     )
