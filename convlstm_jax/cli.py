@@ -45,7 +45,7 @@ from collections.abc import Callable, Mapping, Sequence
 from absl import flags
 
 from convlstm_jax import config as config_lib
-from convlstm_jax import distributed
+from convlstm_jax import process_group
 
 CPU_DEVICES_ENV = 'CONVLSTM_CPU_DEVICES'
 _SECTION_TITLES = {'convlstm_jax.cli': 'common options', 'convlstm_jax.config': 'config'}
@@ -86,7 +86,7 @@ def accelerator_platform(environ: Mapping[str, str] | None = None) -> str | None
         first = platforms.split(',')[0].strip().lower()
         return None if first == 'cpu' else ('tpu' if first == 'tpu' else 'gpu')
     plugins = ' '.join(_jax_plugin_names()).lower()
-    if 'cuda' in plugins and distributed.visible_gpu_count(env) > 0:
+    if 'cuda' in plugins and process_group.visible_gpu_count(env) > 0:
         return 'gpu'
     if 'rocm' in plugins and os.path.exists('/dev/kfd'):
         return 'gpu'

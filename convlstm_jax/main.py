@@ -18,7 +18,7 @@ import sys
 
 from absl import app, flags, logging
 
-from convlstm_jax import cli, distributed, tf_cpu
+from convlstm_jax import cli, distributed, process_group, tf_cpu
 from convlstm_jax import config as config_lib
 
 _CONFIG = config_lib.define_config_flag()
@@ -48,7 +48,7 @@ def main(argv: list[str]) -> None:
         devices_note = cli.set_up_cpu_devices(
             (config.batch_size, config.eval_batch_size), multi_process=group is not None
         )
-    except (distributed.DistributedSetupError, config_lib.ConfigError) as e:
+    except (process_group.DistributedSetupError, config_lib.ConfigError) as e:
         sys.exit(f'error: {e}')
     if _needs_tensorflow(config):  # before JAX touches a device: tf.data must never take GPU memory
         _import_tensorflow(config)

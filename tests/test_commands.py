@@ -27,7 +27,7 @@ IN_PROCESS = {
     'convlstm_jax.evaluate': 'convlstm_jax.evaluate.cli',
     'convlstm_jax.predict': 'convlstm_jax.predict',
     'convlstm_jax.visualize': 'convlstm_jax.visualize',
-    'convlstm_jax.keras_io': 'convlstm_jax.keras_io',
+    'convlstm_jax.keras_io': 'convlstm_jax.keras_io.cli',
     'convlstm_jax.data.prepare': 'convlstm_jax.data.prepare',
     'convlstm_jax.data.pipeline': 'convlstm_jax.data.pipeline',
     'convlstm_jax.data.tank_video': 'convlstm_jax.data.tank_video',

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from convlstm_jax import distributed
+from convlstm_jax import distributed, process_group
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -44,7 +44,7 @@ def clean_env(monkeypatch):
     for name in CLUSTER_VARS:
         monkeypatch.delenv(name, raising=False)
     for name in list(os.environ):
-        if name.startswith(distributed.ENV_PREFIX):
+        if name.startswith(process_group.ENV_PREFIX):
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -62,14 +62,14 @@ def free_port() -> int:
 def test_single_process_without_flags_env_or_scheduler(clean_env):
     import jax
 
-    assert distributed.resolve() is None
+    assert process_group.resolve() is None
     distributed.initialize(None)
     assert not jax.distributed.is_initialized()  # a single-process run never touches jax.distributed
 
 
 def test_explicit_values(clean_env):
-    group = distributed.resolve(coordinator_address='node7:1234', num_processes=4, process_id=3)
-    assert group == distributed.ProcessGroup('node7:1234', 4, 3, None, 'flags/env')
+    group = process_group.resolve(coordinator_address='node7:1234', num_processes=4, process_id=3)
+    assert group == process_group.ProcessGroup('node7:1234', 4, 3, None, 'flags/env')
 
 
 def test_environment_variables_and_flag_precedence(clean_env):
@@ -79,15 +79,15 @@ def test_environment_variables_and_flag_precedence(clean_env):
         'CONVLSTM_PROCESS_ID': '1',
         'CONVLSTM_LOCAL_DEVICE_IDS': '0,1',
     }
-    assert distributed.resolve(environ=env) == distributed.ProcessGroup(
+    assert process_group.resolve(environ=env) == process_group.ProcessGroup(
         'localhost:999', 2, 1, (0, 1), 'flags/env'
     )
-    assert distributed.resolve(process_id=0, local_device_ids='all', environ=env).process_id == 0
-    assert distributed.resolve(process_id=0, local_device_ids='all', environ=env).local_device_ids is None
+    assert process_group.resolve(process_id=0, local_device_ids='all', environ=env).process_id == 0
+    assert process_group.resolve(process_id=0, local_device_ids='all', environ=env).local_device_ids is None
 
 
 def test_one_process_is_a_single_process_run(clean_env):
-    assert distributed.resolve(coordinator_address='localhost:1', num_processes=1, process_id=0) is None
+    assert process_group.resolve(coordinator_address='localhost:1', num_processes=1, process_id=0) is None
 
 
 @pytest.mark.parametrize(
@@ -102,13 +102,15 @@ def test_one_process_is_a_single_process_run(clean_env):
     ],
 )
 def test_bad_values_get_clear_errors(clean_env, kwargs, message):
-    with pytest.raises(distributed.DistributedSetupError, match=message):
-        distributed.resolve(**kwargs)
+    with pytest.raises(process_group.DistributedSetupError, match=message):
+        process_group.resolve(**kwargs)
 
 
 def test_bad_integer_variable(clean_env):
-    with pytest.raises(distributed.DistributedSetupError, match='CONVLSTM_NUM_PROCESSES must be an integer'):
-        distributed.resolve(environ={'CONVLSTM_NUM_PROCESSES': 'two'})
+    with pytest.raises(
+        process_group.DistributedSetupError, match='CONVLSTM_NUM_PROCESSES must be an integer'
+    ):
+        process_group.resolve(environ={'CONVLSTM_NUM_PROCESSES': 'two'})
 
 
 def set_slurm(monkeypatch, *, ntasks, procid, localid, nodeid, tasks_per_node, gpus=None, gpus_on_node=None):
@@ -134,38 +136,38 @@ SLURM_PORT = 4242 % 4096 + 65536 - 4096  # JAX's port rule for job 4242
 
 def test_slurm_one_process_per_node_drives_every_gpu(clean_env):
     set_slurm(clean_env, ntasks=2, procid=1, localid=0, nodeid=1, tasks_per_node='1(x2)', gpus='0,1,2,3')
-    group = distributed.resolve()
-    assert group == distributed.ProcessGroup(f'gpu007:{SLURM_PORT}', 2, 1, (0, 1, 2, 3), 'slurm')
+    group = process_group.resolve()
+    assert group == process_group.ProcessGroup(f'gpu007:{SLURM_PORT}', 2, 1, (0, 1, 2, 3), 'slurm')
 
 
 def test_slurm_one_process_per_gpu(clean_env):
     set_slurm(clean_env, ntasks=8, procid=6, localid=2, nodeid=1, tasks_per_node='4(x2)', gpus='0,1,2,3')
-    assert distributed.resolve().local_device_ids == (2,)
+    assert process_group.resolve().local_device_ids == (2,)
 
 
 def test_slurm_gpus_bound_per_task_by_the_scheduler(clean_env):
     set_slurm(
         clean_env, ntasks=8, procid=6, localid=2, nodeid=1, tasks_per_node='4(x2)', gpus='2', gpus_on_node=4
     )
-    assert distributed.resolve().local_device_ids == (0,)  # every GPU it sees: its own one
+    assert process_group.resolve().local_device_ids == (0,)  # every GPU it sees: its own one
 
 
 def test_slurm_uneven_split_asks_for_local_device_ids(clean_env):
     set_slurm(clean_env, ntasks=3, procid=0, localid=0, nodeid=0, tasks_per_node='3', gpus='0,1,2,3')
-    with pytest.raises(distributed.DistributedSetupError, match='--local_device_ids'):
-        distributed.resolve()
+    with pytest.raises(process_group.DistributedSetupError, match='--local_device_ids'):
+        process_group.resolve()
 
 
 def test_slurm_cpu_nodes_port_override_and_explicit_ids(clean_env):
     set_slurm(clean_env, ntasks=2, procid=0, localid=0, nodeid=0, tasks_per_node='1(x2)', gpus='')
     clean_env.setenv('JAX_COORDINATOR_PORT', '23456')
-    assert distributed.resolve() == distributed.ProcessGroup('gpu007:23456', 2, 0, None, 'slurm')
-    assert distributed.resolve(local_device_ids='1').local_device_ids == (1,)
+    assert process_group.resolve() == process_group.ProcessGroup('gpu007:23456', 2, 0, None, 'slurm')
+    assert process_group.resolve(local_device_ids='1').local_device_ids == (1,)
 
 
 def test_slurm_single_task_is_a_single_process_run(clean_env):
     set_slurm(clean_env, ntasks=1, procid=0, localid=0, nodeid=0, tasks_per_node='1', gpus='0')
-    assert distributed.resolve() is None
+    assert process_group.resolve() is None
 
 
 def test_open_mpi(clean_env):
@@ -178,7 +180,7 @@ def test_open_mpi(clean_env):
         'CUDA_VISIBLE_DEVICES': '0,1,2,3',
     }.items():
         clean_env.setenv(name, value)
-    group = distributed.resolve()
+    group = process_group.resolve()
     assert (group.num_processes, group.process_id, group.local_device_ids, group.source) == (
         4,
         3,
@@ -198,11 +200,11 @@ def test_open_mpi_5_unknown_to_jax_asks_for_a_coordinator(clean_env):
     if _jax_handles_open_mpi_5():
         pytest.skip('this JAX detects Open MPI 5 itself (through mpi4py)')
     with pytest.raises(
-        distributed.DistributedSetupError, match='CONVLSTM_COORDINATOR_ADDRESS=FIRST_HOST:PORT'
+        process_group.DistributedSetupError, match='CONVLSTM_COORDINATOR_ADDRESS=FIRST_HOST:PORT'
     ):
-        distributed.resolve()
-    group = distributed.resolve(coordinator_address='node1:5555')
-    assert group == distributed.ProcessGroup('node1:5555', 2, 1, None, 'flags/env + ompi ranks')
+        process_group.resolve()
+    group = process_group.resolve(coordinator_address='node1:5555')
+    assert group == process_group.ProcessGroup('node1:5555', 2, 1, None, 'flags/env + ompi ranks')
 
 
 def _jax_handles_open_mpi_5() -> bool:
@@ -214,14 +216,14 @@ def _jax_handles_open_mpi_5() -> bool:
 def test_named_coordinator_with_srun_ranks_shares_the_gpus(clean_env):
     set_slurm(clean_env, ntasks=4, procid=3, localid=1, nodeid=1, tasks_per_node='2(x2)', gpus='0,1,2,3')
     clean_env.delenv('SLURM_STEP_NODELIST')  # not an srun step JAX recognizes
-    group = distributed.resolve(coordinator_address='head:7777')
-    assert group == distributed.ProcessGroup('head:7777', 4, 3, (2, 3), 'flags/env + slurm ranks')
+    group = process_group.resolve(coordinator_address='head:7777')
+    assert group == process_group.ProcessGroup('head:7777', 4, 3, (2, 3), 'flags/env + slurm ranks')
 
 
 @pytest.mark.parametrize('spec, node, expected', [('4', 0, 4), ('2(x3),1', 2, 2), ('2(x3),1', 3, 1)])
 def test_slurm_tasks_on_node(spec, node, expected):
     assert (
-        distributed.slurm_tasks_on_node({'SLURM_STEP_TASKS_PER_NODE': spec, 'SLURM_NODEID': str(node)})
+        process_group.slurm_tasks_on_node({'SLURM_STEP_TASKS_PER_NODE': spec, 'SLURM_NODEID': str(node)})
         == expected
     )
 
@@ -245,7 +247,7 @@ def test_port_in_use_is_reported_before_jax_is_asked(clean_env):
         holder.bind(('127.0.0.1', 0))
         holder.listen()
         port = holder.getsockname()[1]
-        with pytest.raises(distributed.DistributedSetupError, match=f'port {port} .* already in use'):
+        with pytest.raises(process_group.DistributedSetupError, match=f'port {port} .* already in use'):
             distributed.ensure_port_free(f'localhost:{port}')
     distributed.ensure_port_free(f'localhost:{free_port()}')
 
@@ -262,10 +264,10 @@ WORKER = textwrap.dedent(
     """
     import os, sys, time
     import numpy as np
-    from convlstm_jax import distributed
+    from convlstm_jax import distributed, process_group
 
     mode = sys.argv[1]
-    group = distributed.resolve()
+    group = process_group.resolve()
     distributed.initialize(group, init_timeout=20, heartbeat_timeout=3)
     import jax
 

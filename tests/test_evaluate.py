@@ -220,6 +220,8 @@ def test_model_mode_report(tiny_model_dir: pathlib.Path, tmp_path: pathlib.Path)
         [
             '--checkpoint',
             str(tiny_model_dir),
+            '--split',
+            'test',
             '--out',
             str(out),
             '--num_resamples',

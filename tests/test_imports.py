@@ -95,3 +95,5 @@ def test_evaluation_stays_out_of_visualize_and_predict() -> None:
     for command in ('convlstm_jax.visualize', 'convlstm_jax.predict', 'convlstm_jax.plotting'):
         assert not {m for m in graph[command] if m.startswith('convlstm_jax.evaluate')}, command
     assert 'convlstm_jax.train' not in graph['convlstm_jax.predict']
+    assert not {m for m in graph['convlstm_jax.inference'] if m.startswith('convlstm_jax.evaluate')}
+    assert 'convlstm_jax.train' not in graph['convlstm_jax.inference']

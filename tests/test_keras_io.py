@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from convlstm_jax import checkpoints, keras_io, predict
+from convlstm_jax import checkpoints, inference, predict
 from convlstm_jax import config as config_lib
+from convlstm_jax.keras_io import architecture, convert, read
+from convlstm_jax.keras_io import cli as keras_io_cli
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 CHECKPOINTS_2021 = {
@@ -70,15 +72,15 @@ def test_2021_checkpoint_matches_tensorflow(name, reference_dir, sample_clips, t
     assert np.all((keras_probabilities > 0.05) & (keras_probabilities < 0.95)), keras_probabilities
 
     model_dir, clips_path, out = tmp_path / 'model', tmp_path / 'clips.npy', tmp_path / 'probabilities.npy'
-    assert keras_io.main([str(src), '--out', str(model_dir)]) == 0
+    assert keras_io_cli.main([str(src), '--out', str(model_dir)]) == 0
     np.save(clips_path, sample_clips)
     assert predict.main(['--checkpoint', str(model_dir), '--clips', str(clips_path), '--out', str(out)]) == 0
     probabilities = np.load(out)
     assert probabilities.shape == (2,) and probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities, keras_probabilities, rtol=0, atol=1e-5)
 
-    spec, model, variables = predict.load_predictor(model_dir)
-    logits = predict.predict_logits(model, variables, [sample_clips], progress=False)
+    spec, model, variables = inference.load_predictor(model_dir)
+    logits = inference.predict_logits(model, variables, [sample_clips], progress=False)
     np.testing.assert_allclose(logits, keras_logits, rtol=0, atol=1e-4)
     assert spec['input'] == {
         'height': 120,
@@ -155,8 +157,8 @@ def _write_config(path: pathlib.Path, **model) -> pathlib.Path:
 
 
 def _project_probabilities(model_dir: pathlib.Path, clips: np.ndarray) -> np.ndarray:
-    _, model, variables = predict.load_predictor(model_dir)
-    return predict.predict_clips(model, variables, [clips], progress=False)
+    _, model, variables = inference.load_predictor(model_dir)
+    return inference.predict_clips(model, variables, [clips], progress=False)
 
 
 def test_keras2_h5_round_trip(tf_keras, tmp_path):
@@ -173,7 +175,7 @@ def test_keras2_h5_round_trip(tf_keras, tmp_path):
     clips = _tiny_clips()
     expected = keras_model(clips.astype(np.float32) / 255, training=False).numpy().ravel()
 
-    assert keras_io.main([str(path), '--out', str(tmp_path / 'model')]) == 0
+    assert keras_io_cli.main([str(path), '--out', str(tmp_path / 'model')]) == 0
     spec, _ = checkpoints.load_model(tmp_path / 'model')
     assert spec['model']['filters'] == [3, 4] and spec['model']['use_bias']
     assert spec['model']['recurrent_activation'] == 'hard_sigmoid'
@@ -219,7 +221,7 @@ def keras3_files(tmp_path_factory) -> pathlib.Path:
 
 
 def test_keras3_archive_round_trip(keras3_files, tmp_path):
-    assert keras_io.main([str(keras3_files / 'tiny.keras'), '--out', str(tmp_path / 'model')]) == 0
+    assert keras_io_cli.main([str(keras3_files / 'tiny.keras'), '--out', str(tmp_path / 'model')]) == 0
     spec, _ = checkpoints.load_model(tmp_path / 'model')
     assert spec['model']['recurrent_activation'] == 'hard_sigmoid_keras3'
     assert spec['model']['padding'] == 'same' and spec['model']['batchnorm_last']
@@ -231,16 +233,51 @@ def test_keras3_archive_round_trip(keras3_files, tmp_path):
 def test_keras3_weights_need_and_use_config(keras3_files, tmp_path):
     weights = keras3_files / 'tiny.weights.h5'
     with pytest.raises(ValueError, match='weights only.*--config'):
-        keras_io.import_keras(weights)
+        convert.import_keras(weights)
     config = _write_config(
         tmp_path / 'tiny_config.py', filters=(3,), padding='same', use_bias=True, batchnorm_last=True
     )
     args = [str(weights), '--out', str(tmp_path / 'model'), '--config', str(config)]
-    assert keras_io.main(args) == 0
+    assert keras_io_cli.main(args) == 0
     spec, _ = checkpoints.load_model(tmp_path / 'model')
     assert spec['model']['recurrent_activation'] == 'hard_sigmoid_keras3'  # the file is Keras 3
     probabilities = _project_probabilities(tmp_path / 'model', np.load(keras3_files / 'clips.npy'))
     np.testing.assert_allclose(probabilities, np.load(keras3_files / 'expected.npy'), atol=1e-6)
+
+
+_IMPORT_WITHOUT_TENSORFLOW = """
+import sys
+from convlstm_jax.keras_io import cli
+status = cli.main(sys.argv[1:])
+loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras'))
+sys.exit(f'status {status}, loaded {loaded[:5]}' if status or loaded else 0)
+"""
+
+
+def test_h5_and_keras_files_import_without_tensorflow(tf_keras, keras3_files, tmp_path):
+    """Only SavedModels need TensorFlow: a Keras 2 .h5 and a Keras 3 .keras import in a process that never
+    loads tensorflow, tf_keras or keras."""
+    keras_model = _tiny_keras2(
+        tf_keras,
+        filters=(3,),
+        padding='valid',
+        use_bias=True,
+        batchnorm_last=True,
+        recurrent_activation='hard_sigmoid',
+    )
+    keras_model.save(tmp_path / 'tiny.h5')
+    for src in (tmp_path / 'tiny.h5', keras3_files / 'tiny.keras'):
+        out = tmp_path / f'model_{src.suffix[1:]}'
+        result = subprocess.run(
+            [sys.executable, '-c', _IMPORT_WITHOUT_TENSORFLOW, str(src), '--out', str(out)],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, 'JAX_PLATFORMS': 'cpu'},
+        )
+        assert result.returncode == 0, (src, result.stderr[-2000:])
+        assert (out / 'model.json').is_file()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,7 +300,7 @@ def test_mismatched_weights_are_listed(tf_keras, tmp_path, capsys):
         tmp_path / 'wrong.py', filters=(5, 4, 2), padding='same', use_bias=False, batchnorm_last=False
     )
     out = tmp_path / 'model'
-    assert keras_io.main([str(weights), '--out', str(out), '--config', str(config)]) == 2
+    assert keras_io_cli.main([str(weights), '--out', str(out), '--config', str(config)]) == 2
     message = capsys.readouterr().err
     assert 'missing:' in message and 'params/convlstm_2/kernel' in message
     assert 'batch_stats/batchnorm_1/mean' in message
@@ -288,7 +325,7 @@ def test_architecture_differing_from_config_is_refused(tf_keras, tmp_path):
         str(_write_config(tmp_path / 'c.py', filters=(4,), batchnorm_last=True))
     )
     with pytest.raises(ValueError, match=r'differs from --config:\n  filters: file \[3\], config \[4\]'):
-        keras_io.import_keras(path, config)
+        convert.import_keras(path, config)
 
 
 def test_unsupported_architecture_is_refused(tf_keras, tmp_path):
@@ -299,21 +336,21 @@ def test_unsupported_architecture_is_refused(tf_keras, tmp_path):
     path = tmp_path / 'average.h5'
     tf_keras.Model(inputs, layers.Dense(1, activation='sigmoid')(x)).save(path)
     with pytest.raises(ValueError, match='unsupported architecture.*GlobalAveragePooling2D'):
-        keras_io.import_keras(path)
+        convert.import_keras(path)
 
 
 def test_not_a_keras_file(tmp_path):
     path = tmp_path / 'notes.txt'
     path.write_text('hello')
     with pytest.raises(ValueError, match='not a SavedModel directory, a .keras archive or an HDF5 file'):
-        keras_io.read_keras(path)
+        read.read_keras(path)
     with pytest.raises(ValueError, match='not a SavedModel'):
-        keras_io.read_keras(tmp_path)
+        read.read_keras(tmp_path)
 
 
 def test_activation_names_follow_the_keras_version():
-    assert keras_io.activation_name('hard_sigmoid', 2) == 'hard_sigmoid'
-    assert keras_io.activation_name('hard_sigmoid', 3) == 'hard_sigmoid_keras3'
-    assert keras_io.activation_name('tanh', 3) == 'tanh'
+    assert architecture.activation_name('hard_sigmoid', 2) == 'hard_sigmoid'
+    assert architecture.activation_name('hard_sigmoid', 3) == 'hard_sigmoid_keras3'
+    assert architecture.activation_name('tanh', 3) == 'tanh'
     with pytest.raises(ValueError, match="unsupported Keras activation 'selu'"):
-        keras_io.activation_name('selu', 2)
+        architecture.activation_name('selu', 2)

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from convlstm_jax import checkpoints, predict
+from convlstm_jax import checkpoints, inference, predict
 from convlstm_jax.data import sources
 from convlstm_jax.data.clips import batch_time_channels
 from convlstm_jax.models import build_model
@@ -77,16 +77,16 @@ def test_cli_streams_uint8_clips_in_batches(model_dir, tmp_path):
 def test_float_clips_equal_scaled_uint8(model_dir, tmp_path):
     clips = _clips(2)
     np.save(tmp_path / 'float.npy', clips.astype(np.float32) / 255)
-    from_float = predict.predict_clips_file(model_dir, tmp_path / 'float.npy', progress=False)
+    from_float = inference.predict_clips_file(model_dir, tmp_path / 'float.npy', progress=False)
     np.testing.assert_allclose(from_float, _reference(model_dir, clips), atol=1e-6)
 
 
 def test_predict_clips_takes_any_iterable_of_batches(model_dir):
-    _, model, variables = predict.load_predictor(model_dir)
+    _, model, variables = inference.load_predictor(model_dir)
     clips = _clips(4)
-    probabilities = predict.predict_clips(model, variables, iter([clips[:2], clips[2:]]), progress=False)
+    probabilities = inference.predict_clips(model, variables, iter([clips[:2], clips[2:]]), progress=False)
     np.testing.assert_allclose(probabilities, _reference(model_dir, clips), atol=1e-6)
-    empty = predict.predict_clips(model, variables, [], progress=False)
+    empty = inference.predict_clips(model, variables, [], progress=False)
     assert empty.shape == (0,) and empty.dtype == np.float32
 
 
@@ -119,10 +119,10 @@ def test_wrong_shapes_are_refused(model_dir, tmp_path, capsys, shape, message):
 def test_wrong_dtype_and_range_are_refused(model_dir, tmp_path):
     np.save(tmp_path / 'int.npy', np.zeros((1, 3, 10, 12, 2), np.int16))
     with pytest.raises(ValueError, match='uint8 .* or float in \\[0, 1\\]; got int16'):
-        predict.predict_clips_file(model_dir, tmp_path / 'int.npy', progress=False)
+        inference.predict_clips_file(model_dir, tmp_path / 'int.npy', progress=False)
     np.save(tmp_path / 'unscaled.npy', np.full((1, 3, 10, 12, 2), 200.0, np.float32))
     with pytest.raises(ValueError, match='float clips must lie in \\[0, 1\\].*divide by 255'):
-        predict.predict_clips_file(model_dir, tmp_path / 'unscaled.npy', progress=False)
+        inference.predict_clips_file(model_dir, tmp_path / 'unscaled.npy', progress=False)
 
 
 def test_missing_checkpoint_is_refused(tmp_path, capsys):
@@ -135,7 +135,7 @@ def test_missing_checkpoint_is_refused(tmp_path, capsys):
 def test_predict_and_checkpoints_do_not_import_tensorflow():
     """They must run on machines without TensorFlow."""
     code = (
-        'import sys, convlstm_jax.predict, convlstm_jax.checkpoints; '
+        'import sys, convlstm_jax.predict, convlstm_jax.inference, convlstm_jax.checkpoints; '
         "sys.exit(any(m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras') for m in sys.modules))"
     )
     assert subprocess.run([sys.executable, '-c', code], cwd=REPO_ROOT).returncode == 0
@@ -252,12 +252,20 @@ def test_frames_folder_equals_video(video_model_dir, tmp_path):
     )
     assert from_folder.shape == (20,) and from_folder.dtype == np.float32
     np.testing.assert_allclose(from_folder, from_video, atol=1e-6)  # NaNs in the same places
+    # The command line, with and without --batch_size: the same probabilities in the CSV.
+    for batch_size in ([], ['--batch_size', '3']):
+        out = tmp_path / 'preds.csv'
+        args = ['--checkpoint', str(video_model_dir), '--frames', str(folder), '--out', str(out), *batch_size]
+        assert predict.main(args) == 0
+        _, frame_numbers, probabilities = _read_csv(out)
+        np.testing.assert_array_equal(frame_numbers, np.arange(20))
+        np.testing.assert_allclose(probabilities, from_folder, atol=1e-6)
 
 
 def test_input_contract_resize_and_pixel_scale_are_applied(video_model_dir, tmp_path):
     frames = _frames(18)
     folder = _write_pngs(tmp_path / 'frames', frames)
-    _, model, variables = predict.load_predictor(video_model_dir)
+    _, model, variables = inference.load_predictor(video_model_dir)
     recording = sources.frame_folder_recording(folder)
     for resize, scale in [('area', 1 / 255), ('nearest', 1 / 510)]:
         spec = {**VIDEO_INPUT, 'resize': resize, 'pixel_scale': scale}

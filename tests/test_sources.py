@@ -345,3 +345,16 @@ def test_prepare_command_bad_input_is_one_line(tmp_path):
             + [f'--config.data.data_dir={tmp_path}']
         )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_prepare_command_with_a_config_file_and_tfds(tmp_path, capsys):
+    """The docs' `prepare --config configs/two_layer.py:quick --tfds` at :smoke size: an entry, its TFDS."""
+    from convlstm_jax.data import prepare
+
+    config_file = pathlib.Path(__file__).resolve().parents[1] / 'configs' / 'two_layer.py'
+    prepare.main(['--config', f'{config_file}:smoke', '--tfds', f'--config.data.data_dir={tmp_path}'])
+    printed = capsys.readouterr().out
+    (entry,) = tmp_path.iterdir()
+    assert f'prepared dataset: {entry}' in printed and 'test: 60 frames (16, 20)' in printed
+    assert f"TFDS: tfds.load('convlstm_frames', data_dir='{entry / 'tfds'}')" in printed
+    assert (entry / 'tfds').is_dir()

@@ -36,6 +36,16 @@ def test_written_video_reads_back_through_the_video_source(tmp_path, capsys) -> 
     assert np.abs(frames.astype(int) - rendered).mean() < 4  # H.264 is lossy, but close at crf 18
 
 
+@pytest.mark.parametrize('seed', [[], ['--seed', '1']])
+def test_the_documented_command_writes_the_2021_frame_size(tmp_path, capsys, seed) -> None:
+    """`tank_video --seconds S [--seed N] --out tank.mp4` as the docs show it, for a few frames."""
+    out = tmp_path / 'tank.mp4'
+    tank_video.main(['--seconds', '0.2', *seed, '--out', str(out)])
+    assert capsys.readouterr().out.startswith(f'wrote {out}: 6 frames of 120×160 at 30 fps (')
+    recording = sources.video_file_recording(out)
+    assert (recording.num_frames, recording.fps) == (6, 30.0)
+
+
 def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch) -> None:
     def interrupted(*args, **kwargs):
         yield np.zeros((2, 16, 20), np.uint8)

@@ -78,6 +78,9 @@ def test_cli_draws_a_clip_and_refuses_bad_frames(
     argv = ['--checkpoint', str(model_dir), '--split', 'test', '--out', str(out), '--channels', '0']
     assert visualize.main([*argv, '--t', str(t)]) == 0
     assert out.stat().st_size > 5000
+    out.unlink()
+    assert visualize.main([*argv[:-2], '--t', str(t)]) == 0  # every channel (no --channels)
+    assert out.stat().st_size > 5000
     assert visualize.main([*argv, '--t', '0']) == 2
     assert 'not a valid sample' in capsys.readouterr().err
     assert visualize.main([*argv, '--t', str(t), '--split', 'val']) == 2

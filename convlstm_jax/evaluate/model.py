@@ -29,10 +29,10 @@ def predict_split(model, variables: dict, split, data_config, *, batch_size: int
     A checkpoint trained with data.pipeline='device' is scored through 'numpy' (`host_backend`).
     """
 
-    from convlstm_jax import predict
+    from convlstm_jax import inference
     from convlstm_jax.data import pipeline
 
-    apply = predict.make_apply(model, variables)
+    apply = inference.make_apply(model, variables)
     logits, index = [], []
     with progress.bar(total=len(split.samples), unit='clip', desc=f'predict {split.name}') as bar:
         batches = pipeline.eval_batches(
@@ -50,7 +50,7 @@ def predict_split(model, variables: dict, split, data_config, *, batch_size: int
     index_all = np.concatenate(index) if index else np.zeros(0, np.int64)
     if not np.array_equal(index_all, split.samples):
         raise RuntimeError(f'the eval pipeline did not return every sample of {split.name} once, in order')
-    return predict.sigmoid(np.concatenate(logits)).astype(np.float64)
+    return inference.sigmoid(np.concatenate(logits)).astype(np.float64)
 
 
 def host_backend(pipeline_name: str) -> str:
