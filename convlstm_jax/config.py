@@ -79,7 +79,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.label_b = 0.1
     c.data.label_c = 0.001
     c.data.resize = 'nearest'  # 'nearest' (as PIL, reproduces 2021) | 'area'
-    c.data.pipeline = 'tfdata'  # 'tfdata' | 'numpy' (TensorFlow-free)
+    c.data.pipeline = 'tfdata'  # 'tfdata' | 'numpy' (TensorFlow-free) | 'device' (clips cut in the step)
     c.data.flips = True
     c.data.synthetic = ml_collections.ConfigDict()
     c.data.synthetic.seed = 0
@@ -336,7 +336,7 @@ _POSITIVE = (
     'data.horizon',
 )
 _CHOICES = {
-    'data.pipeline': ('tfdata', 'numpy'),
+    'data.pipeline': ('tfdata', 'numpy', 'device'),
     'data.resize': ('nearest', 'area'),
     'model.padding': ('valid', 'same'),
     'model.compute_dtype': ('float32', 'bfloat16'),

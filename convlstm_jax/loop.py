@@ -320,7 +320,8 @@ class Loop:
 
 
 def _train_inputs(batch: dict) -> dict:
-    return {'clips': batch['clips'], 'labels': batch['labels']}
+    """What the train step reads: 'clips' from a host pipeline, or 'target' and 'flip' from the device one."""
+    return {key: value for key, value in batch.items() if key in ('clips', 'target', 'flip', 'labels')}
 
 
 def _device_batches(batches: Iterator[dict]) -> Iterator[dict]:

@@ -27,7 +27,7 @@ from jax import lax
 
 from convlstm_jax import checkpoints, models
 from convlstm_jax import workdir as workdir_layout
-from convlstm_jax.data import dataset, pipeline
+from convlstm_jax.data import dataset, device, pipeline
 from convlstm_jax.loop import Loop, StopRequest
 from convlstm_jax.losses import (
     bce_from_logits,
@@ -106,8 +106,14 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[
     return lax.all_gather({'logits': logits, 'mask': batch['mask'], 'index': batch['index']}, AXIS)
 
 
-def make_train_step(config, class_weights: tuple[float, float], devices=None) -> Callable:
-    """The pmapped train step: (replicated state, sharded batch) → (state, metrics)."""
+def make_train_step(
+    config, class_weights: tuple[float, float], devices=None, frames: jax.Array | None = None
+) -> Callable:
+    """The pmapped train step: (replicated state, sharded batch) → (state, metrics).
+
+    With `frames` (the device pipeline's placed split, `device.place_splits`), the batch holds 'target' and
+    'flip' in place of 'clips', and the step cuts the clips from `frames`, passed to it as an argument.
+    """
     step = functools.partial(
         train_step,
         model=models.build_model(config.model, axis_name=AXIS),
@@ -117,12 +123,41 @@ def make_train_step(config, class_weights: tuple[float, float], devices=None) ->
         l2=float(config.l2),
         regularized=tuple(config.regularized_kernels),
     )
-    return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+    if frames is None:  # the host pipelines: the step as it is, no extra argument
+        return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
+    return _with_frames(
+        jax.pmap(_cutting(step, config), axis_name=AXIS, donate_argnums=(0,), devices=devices), frames
+    )
 
 
-def make_eval_step(config, devices=None) -> Callable:
+def make_eval_step(config, devices=None, frames: jax.Array | None = None) -> Callable:
+    """The pmapped eval step: (replicated state, sharded batch) → gathered logits; `frames` as in training."""
     step = functools.partial(eval_step, model=models.build_model(config.model))
-    return jax.pmap(step, axis_name=AXIS, devices=devices)
+    if frames is None:
+        return jax.pmap(step, axis_name=AXIS, devices=devices)
+    return _with_frames(jax.pmap(_cutting(step, config), axis_name=AXIS, devices=devices), frames)
+
+
+def _cutting(step: Callable, config) -> Callable:
+    """`step(state, batch)` as `(state, frames, batch)`: the clips cut from this device's frames first."""
+    cut = functools.partial(
+        device.with_clips, time_steps=config.data.time_steps, frames_per_step=config.data.frames_per_step
+    )
+
+    def step_with_frames(state, frames, batch):
+        return step(state, cut(frames, batch))
+
+    return step_with_frames
+
+
+def _with_frames(p_step: Callable, frames: jax.Array) -> Callable:
+    """The pmapped `(state, frames, batch)` called as `(state, batch)`: the frames are bound here, on the
+    host, so they stay an argument of the compiled program (a constant closed over would be baked in)."""
+
+    def call(state, batch):
+        return p_step(state, frames, batch)
+
+    return call
 
 
 # --------------------------------------------------------------------------------------------------
@@ -140,6 +175,7 @@ class _Start:
     splits: dict
     steps_per_epoch: int
     class_weights: tuple[float, float]
+    frames: dict[str, jax.Array]  # the device pipeline's splits on the local devices; empty for the others
 
 
 def check_config_values(config) -> None:
@@ -189,7 +225,18 @@ def _check_and_plan(config, workdir: pathlib.Path, shown: str) -> _Start:
 
     state, how, broken = _starting_state(config, workdir, shown, spec)
     check_regularized(config, state.params)
-    return _Start(state, how, broken, spec, splits, steps_per_epoch, class_weights)
+    frames = {}
+    if config.data.pipeline == 'device':  # last: the memory check, then the frames placed (nothing written)
+        used = {name: splits[name] for name in ('train', 'validation')}
+        frames = device.place_splits(used, jax.local_devices(), reserve_bytes=model_bytes(state))
+    return _Start(state, how, broken, spec, splits, steps_per_epoch, class_weights, frames)
+
+
+def model_bytes(state: TrainState) -> int:
+    """What the model holds on each device between steps, plus one gradient: the device pipeline reserves it
+    beside the frames (activations are left to its margin)."""
+    leaves = jax.tree.leaves((state.params, state.batch_stats, state.opt_state, state.params))
+    return int(sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves))
 
 
 def _starting_state(config, workdir: pathlib.Path, shown: str, spec: dict):
@@ -244,7 +291,8 @@ def train_and_evaluate(
     """Trains per `config` in `workdir` (resuming from its latest checkpoint) and returns a summary.
 
     Every check that can fail (config values, batch sizes, the workdir's architecture and config, the data,
-    the class weights, the starting checkpoint) runs before the workdir is created or anything is written.
+    the class weights, the starting checkpoint, and for data.pipeline='device' whether the frames fit on the
+    devices) runs before the workdir is created or anything is written.
     `devices_note` replaces "N device(s)" in the first line (e.g. '2 CPU devices (one per core)').
     """
     shown = str(workdir)
@@ -285,8 +333,8 @@ def train_and_evaluate(
     writer = MetricWriter(workdir, enabled=is_writer)
     try:
         state = replicate(start.state, jax.local_devices())
-        p_train_step = make_train_step(config, start.class_weights)
-        p_eval_step = make_eval_step(config)
+        p_train_step = make_train_step(config, start.class_weights, frames=start.frames.get('train'))
+        p_eval_step = make_eval_step(config, frames=start.frames.get('validation'))
         loop = Loop(
             config,
             workdir,

@@ -89,6 +89,35 @@ def test_plan_rows_vary_devices_for_this_project_only():
     assert rows[1].label() == 'convlstm_jax two_layer train float32 remat 2 devices'
 
 
+def test_the_default_end_to_end_rows_include_clips_cut_on_the_device():
+    host = 'tfdata' if importlib.util.find_spec('tensorflow') is not None else 'numpy'
+    assert cli.resolve_pipelines(['auto']) == [host, 'device']
+    assert cli.resolve_pipelines(['none']) == []
+    rows = benchmark.plan_rows(
+        models=['one_layer'],
+        frameworks=['convlstm_jax'],
+        modes=['train'],
+        dtypes=['float32'],
+        remat=[False],
+        pipelines=cli.resolve_pipelines(['auto']),
+    )
+    assert [row.input for row in rows] == ['memory', f'pipeline-{host}', 'device']
+    assert rows[-1].label() == 'convlstm_jax one_layer train float32 device'
+
+
+def test_a_device_input_row_runs_at_a_tiny_shape():
+    from convlstm_jax.benchmark import jax_rows
+
+    tiny = dict(shape=(4, 16, 20, 4), batch=2, steps=2, warmup=1)
+    row = jax_rows.run_convlstm_jax(
+        benchmark.RowSpec('convlstm_jax', 'one_layer', 'train', input='device', **tiny)
+    )
+    assert row['steps_measured'] == 2 and row['clips_per_s'] > 0 and row['peak_mem_bytes'] > 0
+    infer = benchmark.RowSpec('convlstm_jax', 'one_layer', 'infer', input='device', **tiny)
+    with pytest.raises(ValueError, match="input 'device' feeds training steps only"):
+        jax_rows.run_convlstm_jax(infer)
+
+
 def test_bad_flags_say_what_was_expected(capsys):
     for flags in (
         ['--modes', 'fit'],
@@ -113,12 +142,13 @@ def test_end_to_end_on_the_cpu_split_into_two_devices(tmp_path):
     """Each worker gets its own device count; the pmapped steps need both devices, or the row fails."""
     path = tmp_path / 'bench.json'
     args = ['--models', 'one_layer', '--frameworks', 'convlstm_jax', '--dtypes', 'float32', '--devices', '2']
-    benchmark.main([*args, '--pipeline', 'numpy', *TINY, '--json', str(path)])
+    benchmark.main([*args, '--pipeline', 'numpy,device', *TINY, '--json', str(path)])
     rows = json.loads(path.read_text())
     assert [(r['mode'], r['input'], r['devices']) for r in rows] == [
         ('train', 'memory', 2),
         ('infer', 'memory', 2),
         ('train', 'pipeline-numpy', 2),
+        ('train', 'device', 2),
     ]
     for row in rows:
         assert 'error' not in row, row['error']

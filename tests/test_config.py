@@ -75,7 +75,7 @@ def test_broken_config_files_are_one_line(monkeypatch, tmp_path):
     'override, message',
     [
         ('--config.batch_size=0', 'batch_size must be at least 1, found 0'),
-        ('--config.data.pipeline=torch', "data.pipeline must be one of tfdata, numpy, found 'torch'"),
+        ('--config.data.pipeline=torch', "data.pipeline must be one of tfdata, numpy, device, found 'torch'"),
         ('--config.steps_per_epoch=0', 'steps_per_epoch must be -1'),
         ('--config.class_weights=(1, 2, 3)', "class_weights must be 'auto' or a pair"),
     ],

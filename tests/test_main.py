@@ -253,7 +253,7 @@ def test_batch_size_not_divisible_by_the_devices(tmp_path):
         (['--config.batch_size=0'], 'error: batch_size must be at least 1, found 0'),
         (
             ['--config.data.pipeline=torch'],
-            "error: data.pipeline must be one of tfdata, numpy, found 'torch'",
+            "error: data.pipeline must be one of tfdata, numpy, device, found 'torch'",
         ),
         (['--config.model.filters=()'], 'error: model.filters must list at least one positive filter count'),
         (['--config.bach_size=8'], 'error: no such config field in --config.bach_size=8'),

@@ -106,8 +106,8 @@ _LIST_FLAGS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
     (
         'pipeline',
         'auto',
-        'Input pipeline backends of the end-to-end rows; auto: tfdata where TensorFlow is installed, '
-        'else numpy.',
+        'Input pipeline backends of the end-to-end rows (device: clips cut in the step); auto: tfdata '
+        'where TensorFlow is installed, else numpy, and device.',
         _choices(PIPELINE_BACKENDS, special=('auto', 'none')),
     ),
     ('shape', ','.join(map(str, DEFAULT_SHAPE)), 'Clip shape T,H,W,C.', _shape),
@@ -193,7 +193,7 @@ def resolve_pipelines(requested: list[str]) -> list[str]:
     if requested == ['none']:
         return []
     if requested == ['auto']:
-        return ['tfdata' if importlib.util.find_spec('tensorflow') is not None else 'numpy']
+        return ['tfdata' if importlib.util.find_spec('tensorflow') is not None else 'numpy', 'device']
     return requested
 
 

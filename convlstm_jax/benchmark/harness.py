@@ -103,7 +103,7 @@ class RowSpec:
     mode: str
     dtype: str = 'float32'
     remat: bool = False
-    input: str = 'memory'  # 'memory' (shared batches in memory) or 'pipeline-<numpy|tfdata>': INPUT_MODES
+    input: str = 'memory'  # 'memory' (in-memory batches), 'pipeline-<numpy|tfdata>', 'device': INPUT_MODES
     batch: int = DEFAULT_BATCH
     shape: tuple[int, ...] = DEFAULT_SHAPE
     warmup: int = 2

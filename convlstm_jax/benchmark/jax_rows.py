@@ -1,13 +1,16 @@
 """The convlstm_jax rows: this project's pmapped training step or forward pass, fed by an input mode.
 
 An input mode turns a row into a source of device batches (`INPUT_MODES`): 'memory' cycles the shared
-in-memory batches, 'pipeline-<backend>' runs `data/pipeline.py` over a frame array as the training loop does.
-A new mode (e.g. clips cut on the device) is one function `(spec) -> (devices -> iterator of batch dicts)`
-added to `INPUT_MODES` (and to `input_modes`, which plans the rows); step, timing and memory stay as they are.
+in-memory batches, 'pipeline-<backend>' runs `data/pipeline.py` over a frame array as the training loop does,
+and 'device' does so with data.pipeline='device': the frame array placed on the devices once, the step fed
+target indices and flip codes, cutting the clips itself (training's own step with `frames`).
+A new mode is one function `(spec) -> (devices -> iterator of batch dicts)` added to `INPUT_MODES` (and to
+`input_modes`, which plans the rows); step, timing and memory stay as they are.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -24,7 +27,8 @@ from convlstm_jax.benchmark.harness import (
     versions,
 )
 
-PIPELINE_BACKENDS = ('numpy', 'tfdata')
+# The --pipeline choices: 'device' plans the input mode 'device', the others 'pipeline-<backend>'.
+PIPELINE_BACKENDS = ('numpy', 'tfdata', 'device')
 PIPELINE_MIN_FRAMES = 2000  # frames in the pipeline rows' array: clips are gathered from more than the cache
 
 Batches = Callable[[list[Any]], Iterator[dict]]  # devices -> batch dicts with a leading device axis
@@ -37,15 +41,18 @@ def jax_device_name() -> str:
     return f'{device.platform}:{device.device_kind}'
 
 
-def jax_train_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Callable, Any]:
-    """`convlstm_jax.train`'s pmapped training step over `devices`, and its initial state on them."""
+def jax_train_step(
+    config: Any, seed: int, devices: Sequence[Any], frames: Any = None
+) -> tuple[Callable, Any]:
+    """`convlstm_jax.train`'s pmapped training step over `devices`, and its initial state on them; with
+    `frames` (placed by `device_frames`), the device pipeline's step, which cuts its clips from them."""
     import jax
 
     from convlstm_jax import parallel, train
 
     variables = train.init_variables(config, seed)
     state = train.create_train_state(config, variables, jax.random.PRNGKey(seed))
-    p_train_step = train.make_train_step(config, config.class_weights, devices=devices)
+    p_train_step = train.make_train_step(config, config.class_weights, devices=devices, frames=frames)
     return p_train_step, parallel.replicate(state, devices)
 
 
@@ -85,9 +92,16 @@ def run_convlstm_jax(spec: RowSpec) -> dict[str, Any]:
     batches = input_batches(spec)  # before the memory baseline: the input's arrays are not the step's memory
     config = row_config(spec)
     devices = step_devices(spec)
+    frames = None
+    if spec.input == 'device':  # placed before the memory baseline too
+        if spec.mode != 'train':
+            raise ValueError(f"input 'device' feeds training steps only; got {spec.label()}")
+        frames = device_frames(spec, devices)
     memory = jax_memory_probe()
-    make_step = jax_train_step if spec.mode == 'train' else jax_infer_step
-    step_fn, carry = make_step(config, spec.seed, devices)
+    if spec.mode == 'train':
+        step_fn, carry = jax_train_step(config, spec.seed, devices, frames)
+    else:
+        step_fn, carry = jax_infer_step(config, spec.seed, devices)
     source = batches(devices)
     state = {'carry': carry}
 
@@ -117,9 +131,9 @@ def memory_batches(spec: RowSpec) -> Batches:
     return lambda devices: itertools.cycle(batches)
 
 
-def pipeline_batches(spec: RowSpec) -> Batches:
-    """The training step fed as the training loop feeds it: `pipeline.train_batches` over a frame
-    array (seeded noise), moved to the device two batches ahead by `pipeline.prefetch_to_devices`."""
+@functools.cache
+def pipeline_split(spec: RowSpec) -> tuple[Any, int]:
+    """The pipeline rows' frame array (seeded noise) as a split, and the steps a row takes from it."""
     from convlstm_jax.data import clips, pipeline
 
     time_steps_, height, width, frames_per_step = spec.shape
@@ -127,7 +141,28 @@ def pipeline_batches(spec: RowSpec) -> Batches:
     num_steps = max(spec.warmup, 1) + spec.steps
     num_frames = max(PIPELINE_MIN_FRAMES, clip_length + num_steps * spec.batch)
     split = pipeline.synthetic_split(num_frames, height, width, seed=spec.seed, clip_length=clip_length)
+    return split, num_steps
+
+
+def device_frames(spec: RowSpec, devices: list[Any]) -> Any:
+    """The 'device' row's frame array on every device (after the device pipeline's memory check)."""
+    from convlstm_jax.data import device
+
+    split, _ = pipeline_split(spec)
+    return device.place_splits({'train': split}, devices)['train']
+
+
+def pipeline_batches(spec: RowSpec) -> Batches:
+    """The training step fed as the training loop feeds it: `pipeline.train_batches` over a frame
+    array (seeded noise), moved to the device two batches ahead by `pipeline.prefetch_to_devices`.
+    Input 'device': backend 'device', whose batches hold 'target' and 'flip' in place of 'clips'."""
+    from convlstm_jax.data import pipeline
+
+    time_steps_, _, _, frames_per_step = spec.shape
+    split, num_steps = pipeline_split(spec)
     config = row_config(spec)
+    backend = 'device' if spec.input == 'device' else spec.input.removeprefix('pipeline-')
+    keys = ('target', 'flip', 'labels') if backend == 'device' else ('clips', 'labels')
 
     def batches(devices: list[Any]) -> Iterator[dict]:
         host_batches = pipeline.train_batches(
@@ -138,25 +173,30 @@ def pipeline_batches(spec: RowSpec) -> Batches:
             num_steps=num_steps,
             local_device_count=len(devices),
             flips=config.data.flips,
-            backend=spec.input.removeprefix('pipeline-'),
+            backend=backend,
             time_steps=time_steps_,
             frames_per_step=frames_per_step,
         )
-        inputs = ({'clips': b['clips'], 'labels': b['labels']} for b in host_batches)
+        inputs = ({key: b[key] for key in keys} for b in host_batches)
         return pipeline.prefetch_to_devices(inputs, size=2, devices=devices)
 
     return batches
 
 
+def input_mode(backend: str) -> str:
+    """The input mode of a --pipeline backend."""
+    return backend if backend == 'device' else f'pipeline-{backend}'
+
+
 INPUT_MODES: dict[str, Callable[[RowSpec], Batches]] = {
     'memory': memory_batches,
-    **{f'pipeline-{backend}': pipeline_batches for backend in PIPELINE_BACKENDS},
+    **{input_mode(backend): pipeline_batches for backend in PIPELINE_BACKENDS},
 }
 
 
 def input_modes(pipelines: Sequence[str]) -> list[str]:
     """The end-to-end input modes planned beside 'memory' for the given pipeline backends."""
-    return [f'pipeline-{backend}' for backend in pipelines]
+    return [input_mode(backend) for backend in pipelines]
 
 
 def input_batches(spec: RowSpec) -> Batches:

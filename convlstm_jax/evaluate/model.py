@@ -24,7 +24,10 @@ SELECTION_SPLIT = 'validation'
 
 
 def predict_split(model, variables: dict, split, data_config, *, batch_size: int) -> np.ndarray:
-    """Probabilities for every sample of `split`, in order, through the eval pipeline and a jitted apply."""
+    """Probabilities for every sample of `split`, in order, through the eval pipeline and a jitted apply.
+
+    A checkpoint trained with data.pipeline='device' is scored through 'numpy' (`host_backend`).
+    """
 
     from convlstm_jax import inference
     from convlstm_jax.data import pipeline
@@ -35,7 +38,7 @@ def predict_split(model, variables: dict, split, data_config, *, batch_size: int
         batches = pipeline.eval_batches(
             split,
             global_batch=batch_size,
-            backend=data_config.pipeline,
+            backend=host_backend(data_config.pipeline),
             time_steps=data_config.time_steps,
             frames_per_step=data_config.frames_per_step,
         )
@@ -48,6 +51,16 @@ def predict_split(model, variables: dict, split, data_config, *, batch_size: int
     if not np.array_equal(index_all, split.samples):
         raise RuntimeError(f'the eval pipeline did not return every sample of {split.name} once, in order')
     return inference.sigmoid(np.concatenate(logits)).astype(np.float64)
+
+
+def host_backend(pipeline_name: str) -> str:
+    """The pipeline that scores a split: the training's, but 'numpy' in place of 'device'.
+
+    Scoring is one pass over each split on one device: placing a split there (and checking that it fits) would
+    cost about what cutting its clips once on the host does, and 'numpy' gives the same clips (tested batch
+    for batch), needs no TensorFlow, reads memory-mapped frames in place and cannot run out of device memory.
+    """
+    return 'numpy' if pipeline_name == 'device' else pipeline_name
 
 
 def model_evaluation(
