@@ -234,8 +234,10 @@ class Loop:
                 tick = now
                 bar.update(1)
                 if math.isfinite(train_metrics.last_loss):  # known one step late
-                    bar.set_postfix(
-                        loss=f'{train_metrics.last_loss:.4f}', clips_per_s=f'{self._clips_per_s():.1f}'
+                    bar.set_postfix(  # drawn with the next update: a refresh here would defeat the throttle
+                        loss=f'{train_metrics.last_loss:.4f}',
+                        clips_per_s=f'{self._clips_per_s():.1f}',
+                        refresh=False,
                     )
                 if step % config.log_every_steps == 0 or step == total_steps:
                     self._log_train(step, train_metrics)

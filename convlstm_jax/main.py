@@ -72,7 +72,8 @@ def main(argv: list[str]) -> None:
         logging.info('error details', exc_info=True)
         sys.exit(f'error: {e}')
     if jax.process_index() == 0:
-        print(format_summary(summary), flush=True)
+        # The workdir as given, like the first line.
+        print(format_summary({**summary, 'workdir': str(workdir)}), flush=True)
     if summary['stopped_by']:
         sys.exit(128 + _signal_number(summary['stopped_by']))
 

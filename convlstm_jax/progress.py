@@ -24,9 +24,9 @@ def bar(iterable: Any = None, **kwargs: Any) -> tqdm.tqdm:
     return tqdm.tqdm(iterable, **kwargs)
 
 
-def write(line: str) -> None:
-    """Prints a line without breaking a bar that is being drawn."""
-    tqdm.tqdm.write(line)
+def write(line: str, file: Any = None) -> None:
+    """Prints a line (to stdout, or `file`) without breaking a bar that is being drawn."""
+    tqdm.tqdm.write(line, file=file)
 
 
 def _is_terminal(stream: Any) -> bool:

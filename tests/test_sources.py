@@ -275,7 +275,8 @@ def test_tfds_dataset_round_trip(tmp_path, capsys):
     assert not (folder / 'tfds').exists()
     data.write_tfds = True
     assert dataset.prepare(data, progress=False) == folder
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
     assert f'dataset built: {folder} (' in printed and f'TFDS dataset added: {folder / "tfds"} (' in printed
     assert 'Downloading' not in printed and 'Subsequent calls' not in printed
     assert [path.name for path in folder.iterdir() if path.name.startswith('.')] == []
@@ -308,7 +309,8 @@ def test_prepare_command(tmp_path, capsys):
     arguments = ['--config.data.source=frames', f'--config.data.path={root}', *cache_dir]
     arguments += ['--config.data.height=12', '--config.data.width=16', '--config.data.time_steps=2']
     prepare.main(arguments + ['--config.data.horizon_seconds=0.3', '--config.data.fps=10'])
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
     assert 'prepared dataset: ' in printed and 'test: 14 frames (12, 16), 3 samples' in printed
     (entry,) = (tmp_path / 'cache').iterdir()
     assert f'dataset built: {entry} (0.0 MB)' in printed and 'TFDS' not in printed

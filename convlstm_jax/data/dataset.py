@@ -23,6 +23,7 @@ import logging
 import os
 import pathlib
 import shutil
+import sys
 import uuid
 
 import numpy as np
@@ -77,7 +78,9 @@ def prepare(data, *, progress: bool = True, write_tfds: bool | None = None) -> p
         return folder
     _check_long_enough(recordings, data, horizon)
     _build(folder, recordings, data, horizon, params, progress=progress, write_tfds=write_tfds)
-    progress_lib.write(f'dataset built: {folder} ({cache.folder_bytes(folder) / 1e6:.1f} MB)')
+    # On stderr, beside the build's progress bar: the first line on stdout stays the run's own.
+    size_mb = cache.folder_bytes(folder) / 1e6
+    progress_lib.write(f'dataset built: {folder} ({size_mb:.1f} MB)', file=sys.stderr)
     return folder
 
 
@@ -206,7 +209,8 @@ def _add_tfds(folder: pathlib.Path) -> None:
         if _write_tfds_if_possible(folder, io.read_json(folder / 'meta.json'), staging):
             os.rename(staging, folder / 'tfds')
             progress_lib.write(
-                f'TFDS dataset added: {folder / "tfds"} ({cache.folder_bytes(folder / "tfds") / 1e6:.1f} MB)'
+                f'TFDS dataset added: {folder / "tfds"} ({cache.folder_bytes(folder / "tfds") / 1e6:.1f} MB)',
+                file=sys.stderr,
             )
     except OSError:
         if not (folder / 'tfds').is_dir():  # Not another process finishing first: a real failure.
