@@ -101,6 +101,21 @@ def _drop_closed_loop_callbacks(previous: Callable[[Any], None]) -> Callable[[An
 sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
 
 
+class _UnretrievedReadErrors(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for tensorstore reads of a corrupt checkpoint:
+    when one read fails, orbax abandons its sibling reads, and those that fail too are logged when collected.
+    The restore has already failed with a clear CheckpointError; any other unretrieved task error stays."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith('Task exception was never retrieved') or not record.exc_info:
+            return True
+        error = record.exc_info[1]
+        return not (isinstance(error, ValueError) and 'OCDBT database' in str(error))
+
+
+logging.getLogger('asyncio').addFilter(_UnretrievedReadErrors())
+
+
 @contextlib.contextmanager
 def _orbax_silenced() -> Iterator[None]:
     _NOISE.guarded += 1

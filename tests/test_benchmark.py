@@ -105,6 +105,7 @@ def test_the_default_end_to_end_rows_include_clips_cut_on_the_device():
     assert rows[-1].label() == 'convlstm_jax one_layer train float32 device'
 
 
+@pytest.mark.slow
 def test_a_device_input_row_runs_at_a_tiny_shape():
     from convlstm_jax.benchmark import jax_rows
 
@@ -181,6 +182,7 @@ KERAS_2021_LAYERS = {
 }  # fmt: skip
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('model, parameters', [('one_layer', 11_537), ('two_layer', 66_849)])
 def test_keras_model_is_the_2021_definition(model, parameters):
     keras = keras_models.tf_keras()

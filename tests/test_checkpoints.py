@@ -210,3 +210,23 @@ def test_normal_loading_and_saving_log_no_orbax_warnings(tmp_path, caplog):
     assert _kernel_value(checkpoints.load_model(tmp_path, 'latest')[1]) == 1.0
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert not warnings, warnings
+
+
+def test_unretrieved_reads_of_a_corrupt_checkpoint_are_dropped_and_other_task_errors_kept():
+    asyncio_logger = logging.getLogger('asyncio')
+
+    def passes(error: Exception) -> bool:
+        record = asyncio_logger.makeRecord(
+            'asyncio',
+            logging.ERROR,
+            __file__,
+            1,
+            'Task exception was never retrieved\nfuture: <Task>',
+            (),
+            (type(error), error, None),
+        )
+        return all(f.filter(record) for f in asyncio_logger.filters)
+
+    assert not passes(ValueError('OUT_OF_RANGE: Error reading "x/.zarray" in OCDBT database at local file'))
+    assert passes(ValueError('something else went wrong'))
+    assert passes(RuntimeError('OCDBT database'))

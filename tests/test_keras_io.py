@@ -255,6 +255,7 @@ sys.exit(f'status {status}, loaded {loaded[:5]}' if status or loaded else 0)
 """
 
 
+@pytest.mark.slow
 def test_h5_and_keras_files_import_without_tensorflow(tf_keras, keras3_files, tmp_path):
     """Only SavedModels need TensorFlow: a Keras 2 .h5 and a Keras 3 .keras import in a process that never
     loads tensorflow, tf_keras or keras."""

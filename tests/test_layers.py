@@ -156,7 +156,7 @@ PARITY_CASES = {
 }
 
 
-@pytest.mark.parametrize('case', fast_lane(sorted(PARITY_CASES), {'linear-tanh', 'same-sequences-nobias'}))
+@pytest.mark.parametrize('case', fast_lane(sorted(PARITY_CASES), {'same-sequences-nobias'}))
 def test_layer_matches_tf_keras(case):
     shape, kw = PARITY_CASES[case]['shape'], PARITY_CASES[case]['kw']
     x = _inputs(shape)
@@ -375,7 +375,7 @@ GEOMETRIES = {
 }
 
 
-@pytest.mark.parametrize('geometry', fast_lane(sorted(GEOMETRIES), {'valid', 'strided'}))
+@pytest.mark.parametrize('geometry', fast_lane(sorted(GEOMETRIES), {'valid'}))
 @pytest.mark.parametrize('per_gate', fast_lane([False, True], {True}))
 def test_gate_convolutions_vjp_is_the_convolutions_derivative(geometry, per_gate):
     """conv.gate_convolutions (flipped-kernel transposes, patch products) against JAX's derivative of the

@@ -231,6 +231,7 @@ def test_unknown_config_field_is_a_clear_error(tmp_path):
     assert 'Did you mean "batch_size"' in result.stderr
 
 
+@pytest.mark.slow
 def test_batch_size_not_divisible_by_the_devices(tmp_path):
     result = _main(
         '--config',
@@ -382,6 +383,7 @@ _QUIET_TENSORFLOW = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_tensorflow_starts_without_noise_and_keeps_other_lines():
     result = subprocess.run(
         [sys.executable, '-c', _QUIET_TENSORFLOW],

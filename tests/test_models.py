@@ -58,7 +58,11 @@ def test_parameter_counts_and_tree(name, trainable):
 
 @pytest.mark.parametrize(
     'name, remat',
-    [('one_layer', False), pytest.param('two_layer', False, marks=pytest.mark.slow), ('two_layer', True)],
+    [
+        ('one_layer', False),
+        pytest.param('two_layer', False, marks=pytest.mark.slow),
+        pytest.param('two_layer', True, marks=pytest.mark.slow),
+    ],
 )
 def test_classifier_matches_tf_keras(name, remat):
     """Inference, training-mode outputs, gradients and the BatchNorm moving statistics after one update."""

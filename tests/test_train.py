@@ -102,11 +102,15 @@ def _relative_error(a, b) -> float:
     return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-30))
 
 
-@pytest.mark.parametrize('module', [one_layer, two_layer], ids=['one_layer', 'two_layer'])
+@pytest.mark.parametrize(
+    'module', [one_layer, pytest.param(two_layer, marks=pytest.mark.slow)], ids=['one_layer', 'two_layer']
+)
 # Where an element's data gradient nearly cancels its penalty gradient, float32 rounding (which differs
 # between XLA and TF/oneDNN) is amplified by Adam's g/sqrt(v): (1e-3, 1e-2) put one element of the 1-layer
 # kernel at 7e-6, near the tolerance; (1e-4, 1e-3) leaves a margin (worst 2e-6).
-@pytest.mark.parametrize('l1l2', [(0.0, 0.0), (1e-4, 1e-3)], ids=['no_penalty', 'l1l2'])
+@pytest.mark.parametrize(
+    'l1l2', [pytest.param((0.0, 0.0), marks=pytest.mark.slow), (1e-4, 1e-3)], ids=['no_penalty', 'l1l2']
+)
 def test_three_steps_match_tf_keras_train_on_batch(module, l1l2):
     config = _config(module, l1=l1l2[0], l2=l1l2[1])
     variables = train.init_variables(config, seed=3)
@@ -148,6 +152,7 @@ _TWO_DEVICES = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_two_devices_match_one_device_with_the_same_global_batch():
     """XLA_FLAGS must be set before JAX starts, hence a subprocess."""
     env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=2', 'JAX_PLATFORMS': 'cpu'}

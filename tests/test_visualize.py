@@ -59,6 +59,7 @@ def test_shown_steps_spread_evenly() -> None:
     assert visualize.shown_steps(4, 10) == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_cli_draws_a_clip_and_refuses_bad_frames(
     tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, capsys
 ) -> None:
