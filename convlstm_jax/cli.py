@@ -22,9 +22,7 @@ side by side (the tests, evaluate beside predict) never define the same flag twi
         cli.define_common_flags(flag_values)
         flags.DEFINE_string('checkpoint', None, 'Model directory, …', flag_values=flag_values)
     def run(flag_values) -> int:
-        config = cli.model_config_or_exit(flag_values.checkpoint, cli.config_holder(flag_values))
-        cli.print_config_and_exit_if_asked(config, flag_values)
-        note = cli.set_up_cpu_devices((BATCH,), multi_process=False, flag_values=flag_values)
+        config = cli.saved_model_start(flag_values, BATCH, 'evaluating')  # config, --print_config, devices
         ...
     def main(argv=None) -> int:                        # argv without the program name, as tests pass it
         return cli.run(run, __doc__, define_flags, argv)
@@ -254,13 +252,16 @@ def model_config_or_exit(checkpoint: str | os.PathLike, holder: flags.FlagHolder
         sys.exit(f'error: {e}')
 
 
-def config_from_workdir_or_exit(path, holder: flags.FlagHolder, *, spec=None):
-    """`config_lib.config_from_workdir` for a command: its config.json with the overrides, or exit in one
-    line (an architecture override, an unreadable or missing config.json, a bad value)."""
-    try:
-        return config_lib.config_from_workdir(path, holder, spec=spec)
-    except config_lib.ConfigError as e:
-        sys.exit(f'error: {e}')
+def saved_model_start(flag_values: flags.FlagValues, batch_size: int, doing: str):
+    """How evaluate, predict and visualize start: the model's config with the overrides (or one line and
+    exit), `--print_config`, then the CPU split for `batch_size`, said in one line ('evaluating DIR on 2 CPU
+    devices (one per core)'). Returns the config."""
+    config = model_config_or_exit(flag_values.checkpoint, config_holder(flag_values))
+    print_config_and_exit_if_asked(config, flag_values)
+    note = set_up_cpu_devices((batch_size,), multi_process=False, flag_values=flag_values)
+    if note:
+        print(f'{doing} {flag_values.checkpoint} on {note}', flush=True)
+    return config
 
 
 def print_config_and_exit_if_asked(config, flag_values: flags.FlagValues = flags.FLAGS) -> None:

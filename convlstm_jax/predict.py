@@ -244,11 +244,7 @@ def run(f: Any) -> int:
     if f.plot and f.clips:
         sys.exit('error: --plot needs --video or --frames')
     try:
-        config = cli.model_config_or_exit(f.checkpoint, cli.config_holder(f))
-        cli.print_config_and_exit_if_asked(config, f)
-        note = cli.set_up_cpu_devices((f.batch_size,), multi_process=False, flag_values=f)
-        if note:
-            print(f'predicting with {f.checkpoint} on {note}', flush=True)
+        config = cli.saved_model_start(f, f.batch_size, 'predicting with')
         if f.clips:
             probabilities = inference.predict_clips_file(
                 f.checkpoint, f.clips, select=f.select, batch_size=f.batch_size

@@ -247,11 +247,7 @@ def run(f: Any) -> int:
     except ValueError:
         sys.exit(f'error: --channels: expected comma-separated integers such as 0,1, found {f.channels!r}')
     try:
-        config = cli.model_config_or_exit(f.checkpoint, cli.config_holder(f))
-        cli.print_config_and_exit_if_asked(config, f)
-        note = cli.set_up_cpu_devices((1,), multi_process=False, flag_values=f)  # one clip: one device
-        if note:
-            print(f'visualizing {f.checkpoint} on {note}', flush=True)
+        config = cli.saved_model_start(f, 1, 'visualizing')  # one clip: one device
         path = visualize(
             f.checkpoint,
             f.out,

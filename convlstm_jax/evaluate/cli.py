@@ -63,11 +63,7 @@ def run(f: flags.FlagValues) -> int:
                 sys.exit('error: --config.* overrides and --print_config apply to --checkpoint only')
             report = reference_report(f.reference, f.out, bootstrap, window=f.window)
         else:
-            config = cli.model_config_or_exit(f.checkpoint, holder)
-            cli.print_config_and_exit_if_asked(config, f)
-            note = cli.set_up_cpu_devices((f.batch_size,), multi_process=False, flag_values=f)
-            if note:
-                print(f'evaluating {f.checkpoint} on {note}', flush=True)
+            config = cli.saved_model_start(f, f.batch_size, 'evaluating')
             report = model_report(
                 f.checkpoint,
                 f.out,
