@@ -102,6 +102,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.adam_b1 = 0.9
     c.adam_b2 = 0.999
     c.adam_eps = 1e-7  # tf.keras semantics: added to sqrt(v) before bias correction
+    # The learning rate's schedule (optim.py): a linear warm-up over warmup_steps, then 'constant' or a
+    # 'cosine' decay to final_learning_rate_fraction × learning_rate at the run's last step. 2021: constant.
+    c.lr_schedule = 'constant'
+    c.warmup_steps = 0
+    c.final_learning_rate_fraction = 0.0
+    c.clip_global_norm = 0.0  # > 0: gradients clipped to this global norm before Adam (0: off, as in 2021)
     # Weights of class 0 and 1, or 'auto' (2021 rule from train labels). A FieldReference of type object, so
     # that a pair and 'auto' are both accepted (a plain tuple field rejects a string override).
     c.class_weights = ml_collections.FieldReference((0.133, 0.866), field_type=object)
@@ -340,6 +346,7 @@ _CHOICES = {
     'data.resize': ('nearest', 'area'),
     'model.padding': ('valid', 'same'),
     'model.compute_dtype': ('float32', 'bfloat16'),
+    'lr_schedule': ('constant', 'cosine'),
 }
 
 
@@ -362,6 +369,13 @@ def check(config: ml_collections.ConfigDict) -> None:
     learning_rate = _get(config, 'learning_rate')
     if learning_rate is not None and not learning_rate > 0:
         raise ConfigError(f'learning_rate must be positive, found {learning_rate}')
+    for name in ('warmup_steps', 'clip_global_norm'):
+        value = _get(config, name)
+        if value is not None and value < 0:
+            raise ConfigError(f'{name} must be 0 (off) or more, found {value}')
+    fraction = _get(config, 'final_learning_rate_fraction')
+    if fraction is not None and not 0 <= fraction <= 1:
+        raise ConfigError(f'final_learning_rate_fraction must be in [0, 1], found {fraction}')
     weights = _get(config, 'class_weights')
     if weights is not None and weights != 'auto':
         if isinstance(weights, str) or len(weights) != 2:

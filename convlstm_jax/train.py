@@ -37,7 +37,7 @@ from convlstm_jax.losses import (
     resolve_class_weights,
 )
 from convlstm_jax.metric_writer import MetricWriter
-from convlstm_jax.optim import make_optimizer
+from convlstm_jax.optim import clip_gradients, make_optimizer
 from convlstm_jax.parallel import AXIS, check_batch_size, replicate
 from convlstm_jax.state import (
     TrainState,
@@ -54,6 +54,7 @@ def train_step(
     *,
     model,
     optimizer: optax.GradientTransformation,
+    clip_global_norm: float,
     class_weights: tuple[float, float],
     l1: float,
     l2: float,
@@ -82,7 +83,7 @@ def train_step(
         return loss, (logits, updates.get('batch_stats', {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grads = lax.pmean(grads, AXIS)
+    grads = clip_gradients(lax.pmean(grads, AXIS), clip_global_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     new_state = state.replace(
         params=optax.apply_updates(state.params, updates),
@@ -107,7 +108,11 @@ def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[
 
 
 def make_train_step(
-    config, class_weights: tuple[float, float], devices=None, frames: jax.Array | None = None
+    config,
+    class_weights: tuple[float, float],
+    devices=None,
+    frames: jax.Array | None = None,
+    total_steps: int = 0,
 ) -> Callable:
     """The pmapped train step: (replicated state, sharded batch) → (state, metrics).
 
@@ -117,7 +122,8 @@ def make_train_step(
     step = functools.partial(
         train_step,
         model=models.build_model(config.model, axis_name=AXIS),
-        optimizer=make_optimizer(config),
+        optimizer=make_optimizer(config, total_steps=total_steps),
+        clip_global_norm=float(config.clip_global_norm),
         class_weights=class_weights,
         l1=float(config.l1),
         l2=float(config.l2),
@@ -333,7 +339,10 @@ def train_and_evaluate(
     writer = MetricWriter(workdir, enabled=is_writer)
     try:
         state = replicate(start.state, jax.local_devices())
-        p_train_step = make_train_step(config, start.class_weights, frames=start.frames.get('train'))
+        total_steps = config.num_epochs * start.steps_per_epoch
+        p_train_step = make_train_step(
+            config, start.class_weights, frames=start.frames.get('train'), total_steps=total_steps
+        )
         p_eval_step = make_eval_step(config, frames=start.frames.get('validation'))
         loop = Loop(
             config,
@@ -345,7 +354,6 @@ def train_and_evaluate(
             start.splits['validation'],
             start.steps_per_epoch,
         )
-        total_steps = config.num_epochs * start.steps_per_epoch
         with StopRequest() as stop:
             state, stopped = loop.run(state, start_step, total_steps, stop, start.splits['train'])
         summary = loop.summary(start_step, stopped)
