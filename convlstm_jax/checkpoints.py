@@ -15,35 +15,39 @@ metrics={'val_loss': ..., 'val_auc': ...})`, which orbax keeps as the step's `me
 manager has a `best_fn`); `load_model` reads them back with `CheckpointManager(dir).metrics(step)`, so any
 `best_fn` works. Steps without the metric asked for are not candidates for best_auc / best_loss.
 
-A checkpoint that exists but cannot be read raises `CheckpointError` (a ValueError) whose message is one line
-naming the step and what is unreadable; orbax's own logging about it is held back, as are two warnings orbax
-gives on normal use (a step saved without metrics; an item folder without its own metadata file).
+A population's workdir (population.py) holds every member in each step, on a leading member axis, and
+says so in model.json (`"population": K`). Each step's metrics then hold every member's own (`val_auc/3`)
+beside the best of them (`val_auc`, `val_loss`), retention keeps each member's best steps, and
+`load_model(..., member=i|'best')` returns one member's variables: 'best' is the member with the best
+validation AUC at the step selected by the best of them.
+
+A checkpoint that exists but cannot be read raises `CheckpointError` (checkpoint_errors.py).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import math
-import os
 import pathlib
-import re
 import shutil
-import sys
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
 from convlstm_jax import io
+from convlstm_jax.checkpoint_errors import (
+    TRAIN_STATE_DIR,
+    VARIABLES_DIR,
+    CheckpointError,
+    check_item,
+    guarded,
+)
 
 MODEL_FORMAT = 'convlstm_jax.model/1'
 MODEL_JSON = 'model.json'
-VARIABLES_DIR = 'variables'
 CHECKPOINTS_DIR = 'checkpoints'
 BROKEN_DIR = 'checkpoints-broken'  # unreadable steps moved aside on resume (workdir.py draws the layout)
 WORKDIR_CONFIG = 'config.json'
@@ -52,116 +56,6 @@ SELECTIONS = ('best_auc', 'best_loss', 'latest')
 _SELECT_METRIC = {'best_auc': ('val_auc', True), 'best_loss': ('val_loss', False)}
 # uint8 frames are scaled by this inside the model; float clips must already be in [0, 1].
 PIXEL_SCALE = 1 / 255
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that exists but cannot be read: one line names the step and what is unreadable."""
-
-
-_T = TypeVar('_T')
-_ORBAX_PATH = f'{os.sep}orbax{os.sep}'
-
-
-class _OrbaxNoise(logging.Filter):
-    """Drops orbax's warnings about what this module does on purpose, and, while a restore is guarded,
-    everything orbax logs (a failure becomes one CheckpointError line instead)."""
-
-    guarded = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if _ORBAX_PATH not in record.pathname:
-            return True
-        if self.guarded:
-            return False
-        if record.msg == 'Requested `tracked_metric`; did not provide metrics.':
-            return False  # steps saved on a stop signal or a timer have no validation metrics
-        if record.msg == 'Metadata file does not exist: %s' and record.args:
-            return pathlib.Path(str(record.args[0])).parent.name not in (VARIABLES_DIR, 'train_state')
-        return True
-
-
-_NOISE = _OrbaxNoise()
-logging.getLogger('absl').addFilter(_NOISE)  # orbax logs through absl's logger
-
-
-def _drop_closed_loop_callbacks(previous: Callable[[Any], None]) -> Callable[[Any], None]:
-    """An unraisable-exception hook that drops "Event loop is closed": when one read of a restore fails,
-    orbax's event loop closes while tensorstore's other reads are in flight, and their completion callbacks,
-    which can no longer reach it, are reported as unraisable. The restore has failed with a clear error."""
-
-    def hook(unraisable: Any) -> None:
-        value = unraisable.exc_value
-        if isinstance(value, RuntimeError) and str(value) == 'Event loop is closed':
-            return
-        previous(unraisable)
-
-    return hook
-
-
-sys.unraisablehook = _drop_closed_loop_callbacks(sys.unraisablehook)
-
-
-class _UnretrievedReadErrors(logging.Filter):
-    """Drops asyncio's "Task exception was never retrieved" for tensorstore reads of a corrupt checkpoint:
-    when one read fails, orbax abandons its sibling reads, and those that fail too are logged when collected.
-    The restore has already failed with a clear CheckpointError; any other unretrieved task error stays."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not str(record.msg).startswith('Task exception was never retrieved') or not record.exc_info:
-            return True
-        error = record.exc_info[1]
-        return not (isinstance(error, ValueError) and 'OCDBT database' in str(error))
-
-
-logging.getLogger('asyncio').addFilter(_UnretrievedReadErrors())
-
-
-@contextlib.contextmanager
-def _orbax_silenced() -> Iterator[None]:
-    _NOISE.guarded += 1
-    try:
-        yield
-    finally:
-        _NOISE.guarded -= 1
-
-
-def _guarded(where: str, items: dict[str, pathlib.Path], read: Callable[[], _T]) -> _T:
-    """read(), with any failure turned into a one-line CheckpointError naming the item ({name: folder})
-    whose folder the error mentions (all of them where it mentions none)."""
-    try:
-        with _orbax_silenced():
-            return read()
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001 (orbax and tensorstore raise many types for a bad file)
-        named = [name for name, folder in items.items() if f'{folder}{os.sep}' in str(e)] or list(items)
-        raise CheckpointError(f'{where}: {" or ".join(named)} is unreadable ({_reason(e)})') from None
-
-
-def _reason(error: Exception) -> str:
-    """The useful part of an orbax/tensorstore error: the first line, without the tensorstore spec."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    text = text.split(' [tensorstore_spec', 1)[0]
-    found = re.search(r'of local file "([^"]+)": (.*)', text)
-    if found:
-        text = f'{pathlib.Path(found.group(1)).name}: {found.group(2)}'
-    return text if len(text) <= 200 else text[:197] + '...'
-
-
-def check_item(item_dir: pathlib.Path, where: str) -> None:
-    """The files every orbax item needs, checked before orbax reads them (its own errors say less)."""
-    item = item_dir.name
-    if not item_dir.is_dir():
-        raise CheckpointError(f'{where}: {item}/ is missing')
-    try:
-        json.loads((item_dir / '_METADATA').read_text())
-    except OSError as e:
-        raise CheckpointError(f'{where}: {item}/_METADATA is unreadable ({e.strerror})') from None
-    except ValueError as e:
-        raise CheckpointError(f'{where}: {item}/_METADATA is unreadable (not valid JSON: {e})') from None
-    manifest = item_dir / 'manifest.ocdbt'
-    if manifest.exists() and manifest.stat().st_size == 0:
-        raise CheckpointError(f'{where}: {item}/manifest.ocdbt is unreadable (empty file)')
 
 
 def input_contract(data_config: Any) -> dict[str, Any]:
@@ -214,17 +108,81 @@ def save_model_dir(path: str | pathlib.Path, spec: dict[str, Any], variables: di
     return path
 
 
-def load_model(path: str | pathlib.Path, select: str = 'best_auc') -> tuple[dict[str, Any], dict[str, Any]]:
+def load_model(
+    path: str | pathlib.Path, select: str = 'best_auc', member: int | str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """Returns (spec, variables) from a model directory, a training workdir or one step directory in it.
 
     For a training workdir `select` picks the step: 'best_auc' (highest val_auc), 'best_loss' (lowest
     val_loss) or 'latest'. Variables come back as numpy arrays, whatever devices they were saved from.
+    From a population's workdir, `member` (an index, or 'best', the default) picks one member: the spec
+    returned is that member's, without the population.
     """
     if select not in SELECTIONS:
         raise ValueError(f'unknown select {select!r}: expected one of {", ".join(SELECTIONS)}')
-    spec_path, variables_path, where = _resolve(pathlib.Path(path), select)
+    path = pathlib.Path(path)
+    spec_path, _, _ = _resolve(path, 'latest')
     spec = read_spec(spec_path)
-    return spec, _restore_numpy(variables_path, where)
+    size = int(spec.get('population', 1))
+    chosen = resolve_member(path, select, member, size)
+    spec_path, variables_path, where = _resolve(path, select, chosen)
+    variables = _restore_numpy(variables_path, where)
+    if size > 1:
+        variables = jax.tree.map(lambda x: x[chosen], variables)
+        spec = {**{k: v for k, v in spec.items() if k != 'population'}, 'member': chosen}
+    return spec, variables
+
+
+def resolve_member(path: pathlib.Path, select: str, member: int | str | None, size: int) -> int | None:
+    """The member index `member` names in a workdir of a population of `size` (None for a solo model)."""
+    if size == 1:
+        if member not in (None, 'best', 0, '0'):
+            raise ValueError(f'--member {member}: {path} holds one model, not a population')
+        return None
+    if member in (None, 'best'):
+        if select == 'latest':
+            raise ValueError(
+                f'{path} holds a population of {size}: --select latest needs --member 0..{size - 1}'
+            )
+        step_dir = _resolve(path, select)[1].parent
+        return _best_member(step_dir, select, size)
+    try:
+        index = int(member)
+    except ValueError:
+        expected = f"'best' or a member index 0..{size - 1}"
+        raise ValueError(f'--member must be {expected}, found {member!r}') from None
+    if not 0 <= index < size:
+        raise ValueError(f'--member {index}: {path} holds members 0..{size - 1}')
+    return index
+
+
+def _best_member(step_dir: pathlib.Path, select: str, size: int) -> int:
+    """The member whose own metric is the best at the step `step_dir`."""
+    metric, larger_is_better = _SELECT_METRIC[select]
+    manager = ocp.CheckpointManager(step_dir.parent.absolute())
+    try:
+        values = manager.metrics(int(step_dir.name)) or {}
+    finally:
+        manager.close()
+    scored = {i: values.get(f'{metric}/{i}', math.nan) for i in range(size)}
+    scored = {i: v for i, v in scored.items() if v is not None and math.isfinite(v)}
+    if not scored:
+        raise FileNotFoundError(f'step {step_dir.name} in {step_dir.parent} has no per-member {metric}')
+    sign = 1 if larger_is_better else -1
+    return max(scored, key=lambda i: (sign * scored[i], -i))
+
+
+def ranking(results: list[dict]) -> dict[str, float] | None:
+    """The metrics a step is saved with, from its validation results (one per member): val_loss and val_auc,
+    the best over members, and for a population each member's own as val_loss/<i> and val_auc/<i>."""
+    scored = [(i, r) for i, r in enumerate(results) if 'auc' in r]
+    if not scored:
+        return None
+    metrics = {'val_loss': min(r['loss'] for _, r in scored), 'val_auc': max(r['auc'] for _, r in scored)}
+    if len(results) > 1:
+        for i, r in scored:
+            metrics.update({f'val_loss/{i}': r['loss'], f'val_auc/{i}': r['auc']})
+    return metrics
 
 
 def read_spec(path: str | pathlib.Path) -> dict[str, Any]:
@@ -246,15 +204,17 @@ def _check_spec(spec: dict[str, Any], where: pathlib.Path) -> None:
         raise ValueError(f'{where}: model.json lacks the section(s) {missing}')
 
 
-def _resolve(path: pathlib.Path, select: str) -> tuple[pathlib.Path, pathlib.Path, str]:
+def _resolve(
+    path: pathlib.Path, select: str, member: int | None = None
+) -> tuple[pathlib.Path, pathlib.Path, str]:
     """(model.json, variables directory, how errors name it) for a model directory, a workdir, or a step
-    directory."""
+    directory; `member` chooses by that population member's own metric."""
     if not path.is_dir():
         raise FileNotFoundError(f'checkpoint {path} does not exist or is not a directory')
     if (path / MODEL_JSON).is_file() and (path / VARIABLES_DIR).is_dir():
         return path / MODEL_JSON, path / VARIABLES_DIR, f'model directory {path}'
     if (path / MODEL_JSON).is_file() and (path / CHECKPOINTS_DIR).is_dir():
-        step = select_step(path / CHECKPOINTS_DIR, select)
+        step = select_step(path / CHECKPOINTS_DIR, select, member)
         where = f'checkpoint step {step} in {path}'
         return path / MODEL_JSON, path / CHECKPOINTS_DIR / str(step) / VARIABLES_DIR, where
     workdir_spec = path.parent.parent / MODEL_JSON
@@ -268,8 +228,8 @@ def _resolve(path: pathlib.Path, select: str) -> tuple[pathlib.Path, pathlib.Pat
     )
 
 
-def select_step(checkpoints_dir: str | pathlib.Path, select: str) -> int:
-    """The step of a CheckpointManager directory that `select` names."""
+def select_step(checkpoints_dir: str | pathlib.Path, select: str, member: int | None = None) -> int:
+    """The step of a CheckpointManager directory that `select` names (by `member`'s own metric if given)."""
     if select not in SELECTIONS:
         raise ValueError(f'unknown select {select!r}: expected one of {", ".join(SELECTIONS)}')
     manager = ocp.CheckpointManager(pathlib.Path(checkpoints_dir).absolute())
@@ -284,6 +244,8 @@ def select_step(checkpoints_dir: str | pathlib.Path, select: str) -> int:
         if select == 'latest':
             return max(steps)
         metric, larger_is_better = _SELECT_METRIC[select]
+        if member is not None:
+            metric = f'{metric}/{member}'
         scored = {}
         for step in steps:
             value = (manager.metrics(step) or {}).get(metric)
@@ -308,14 +270,14 @@ def _restore_numpy(variables_path: pathlib.Path, where: str) -> dict[str, Any]:
     checkpointer = ocp.PyTreeCheckpointer()
     try:
         items = {f'{VARIABLES_DIR}/': variables_path}
-        metadata = _guarded(where, items, lambda: checkpointer.metadata(variables_path).item_metadata)
+        metadata = guarded(where, items, lambda: checkpointer.metadata(variables_path).item_metadata)
         if metadata is None:  # orbax logs why (held back here) and returns nothing
             raise CheckpointError(
                 f'{where}: {VARIABLES_DIR}/ is unreadable (orbax cannot read its tree metadata)'
             )
         metadata = metadata.tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
-        variables = _guarded(
+        variables = guarded(
             where,
             items,
             lambda: checkpointer.restore(
@@ -342,29 +304,36 @@ class TrainingCheckpoints:
     manager has a `best_fn`, so one is set (val_auc) although the policy alone decides what is deleted;
     without it the best steps would lose their metrics on restart and be deleted by the next save.
     Steps saved without metrics (a stop signal mid-epoch) are kept only while they are among the latest.
+    For a population of `members`, each member's best steps (by its val_loss/<i> and val_auc/<i>) are kept
+    too, so that every member can always find its own best checkpoint.
     """
 
-    def __init__(self, workdir: str | pathlib.Path, keep: int = 2, *, read_only: bool = False):
+    def __init__(
+        self, workdir: str | pathlib.Path, keep: int = 2, *, members: int = 1, read_only: bool = False
+    ):
         if keep < 1:
             raise ValueError(f'keep_checkpoints must be at least 1, got {keep}')
         policy = ocp.checkpoint_managers
-        preservation = policy.AnyPreservationPolicy(
-            [
-                policy.LatestN(n=keep),
+        keys = [''] + ([f'/{i}' for i in range(members)] if members > 1 else [])
+        best = []
+        for key in keys:  # a step without a member's metric ranks last for it
+            best.append(
                 policy.BestN(
-                    get_metric_fn=lambda m: m['val_loss'],
+                    get_metric_fn=lambda m, k=f'val_loss{key}': m.get(k, math.inf),
                     reverse=True,
                     n=1,
                     keep_checkpoints_without_metrics=False,
-                ),
+                )
+            )
+            best.append(
                 policy.BestN(
-                    get_metric_fn=lambda m: m['val_auc'],
+                    get_metric_fn=lambda m, k=f'val_auc{key}': m.get(k, -math.inf),
                     reverse=False,
                     n=1,
                     keep_checkpoints_without_metrics=False,
-                ),
-            ]
-        )
+                )
+            )
+        preservation = policy.AnyPreservationPolicy([policy.LatestN(n=keep), *best])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=preservation,
             best_fn=lambda m: m['val_auc'],
@@ -375,7 +344,7 @@ class TrainingCheckpoints:
         )
         self.directory = pathlib.Path(workdir).absolute() / CHECKPOINTS_DIR
         self._manager = ocp.CheckpointManager(
-            self.directory, item_names=(VARIABLES_DIR, 'train_state'), options=options
+            self.directory, item_names=(VARIABLES_DIR, TRAIN_STATE_DIR), options=options
         )
 
     def latest_step(self) -> int | None:
@@ -415,7 +384,7 @@ class TrainingCheckpoints:
         items = {VARIABLES_DIR: variables, 'train_state': train_state}
         for item in items:
             check_item(self.directory / str(step) / item, where)
-        restored = _guarded(
+        restored = guarded(
             where,
             {f'{item}/': self.directory / str(step) / item for item in items},
             lambda: self._manager.restore(

@@ -15,6 +15,7 @@ the architecture the checkpoint was trained with.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pathlib
 import sys
@@ -38,6 +39,12 @@ _WORKDIR_HELP = (
 )
 
 
+# The fields a population member may set for itself (config.member_overrides): none of them changes a shape.
+PER_MEMBER_FIELDS = ('learning_rate', 'l1', 'l2', 'class_weights', 'model.dropout', 'model.recurrent_dropout')
+# Overrides that reach the model as traced rates (the others reach the optimizer and the loss).
+DROPOUT_FIELDS = {'model.dropout': 'dropout', 'model.recurrent_dropout': 'recurrent_dropout'}
+
+
 class ConfigError(ValueError):
     """A config that cannot be used, said in one line."""
 
@@ -49,7 +56,13 @@ definition_errors: list[Exception] = []
 def base_config() -> ml_collections.ConfigDict:
     """Defaults: the 2021 training recipe (reference-system.md) on the built-in synthetic tank."""
     c = ml_collections.ConfigDict()
-    c.seed = 0
+    c.seed = 0  # the data order (shuffles, flips); and the initialisation unless init_seed says otherwise
+    # A population (population.py): K members trained in one step, member i initialised from init_seed + i
+    # (-1: config.seed), sharing every batch. member_overrides: {field: K values} for the fields in
+    # PER_MEMBER_FIELDS, e.g. {'learning_rate': (1e-3, 3e-4)}.
+    c.population = 1
+    c.init_seed = -1
+    c.member_overrides = ml_collections.FieldReference({}, field_type=object)
 
     # The classifier (models.py). `filters` has one entry per ConvLSTM2D layer.
     c.model = ml_collections.ConfigDict()
@@ -303,7 +316,7 @@ def merge(config: ml_collections.ConfigDict, values: Mapping[str, Any], where: s
     for key, value in values.items():
         if key not in config:
             raise ConfigError(f'{where}: unknown config field {key!r}')
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) and isinstance(config[key], ml_collections.ConfigDict):
             merge(config[key], value, f'{where}.{key}')
         else:
             set_field(config, key, value)
@@ -325,6 +338,8 @@ def set_field(config: ml_collections.ConfigDict, name: str, value: Any) -> None:
 
 
 def _tuples(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _tuples(v) for key, v in value.items()}
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
 
 
@@ -380,6 +395,8 @@ def check(config: ml_collections.ConfigDict) -> None:
     if weights is not None and weights != 'auto':
         if isinstance(weights, str) or len(weights) != 2:
             raise ConfigError(f"class_weights must be 'auto' or a pair (w0, w1), found {weights!r}")
+    if _get(config, 'population') is not None:
+        check_population(config)
 
 
 def _get(config: ml_collections.ConfigDict, name: str) -> Any:
@@ -390,3 +407,66 @@ def _get(config: ml_collections.ConfigDict, name: str) -> Any:
             return None
         target = target[part]
     return target
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A population (population.py)
+
+
+def check_population(config: ml_collections.ConfigDict) -> None:
+    """Refuses, in one line, a population or member_overrides no run can start with."""
+    count = int(config.population)
+    if count < 1:
+        raise ConfigError(f'population must be at least 1, found {count}')
+    if int(config.init_seed) < -1:
+        raise ConfigError(f'init_seed must be -1 (config.seed) or a seed ≥ 0, found {config.init_seed}')
+    overrides = config.member_overrides
+    if not isinstance(overrides, (Mapping, ml_collections.ConfigDict)):
+        raise ConfigError(
+            f"member_overrides must be a mapping {{field: {count} values}}, e.g. {{'learning_rate': "
+            f'(1e-3, 3e-4)}}, found {overrides!r}'
+        )
+    for field, values in overrides.items():
+        if field not in PER_MEMBER_FIELDS:
+            reason = (
+                'it changes the architecture or the shapes, which all members share'
+                if _changes_shapes(field)
+                else 'it is shared by all members'
+            )
+            raise ConfigError(
+                f'member_overrides cannot set {field!r}: {reason}; a member may differ in '
+                f'{", ".join(PER_MEMBER_FIELDS)}'
+            )
+        if isinstance(values, str) or not isinstance(values, Sequence) or len(values) != count:
+            raise ConfigError(
+                f'member_overrides[{field!r}] must list one value per member ({count}), found {values!r}'
+            )
+        for value in values:
+            _check_value(field, value)
+
+
+def _changes_shapes(field: str) -> bool:
+    return _is_architecture(field) or field in ('batch_size', 'eval_batch_size', 'population')
+
+
+def _check_value(field: str, value: Any) -> None:
+    where = f'member_overrides[{field!r}]'
+    if field == 'class_weights':
+        if value == 'auto':
+            return
+        if isinstance(value, str) or not isinstance(value, Sequence) or len(value) != 2:
+            raise ConfigError(f"{where}: each value must be 'auto' or a pair (w0, w1), found {value!r}")
+        value_list = list(value)
+    else:
+        value_list = [value]
+    for number in value_list:
+        if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number):
+            raise ConfigError(f'{where}: each value must be a finite number, found {value!r}')
+    if field == 'learning_rate' and not value >= 0:
+        raise ConfigError(f'{where}: learning rates must be ≥ 0, found {value!r}')
+    if field in ('l1', 'l2') and value < 0:
+        raise ConfigError(f'{where}: penalties must be ≥ 0, found {value!r}')
+    if field == 'class_weights' and min(value_list) < 0:
+        raise ConfigError(f'{where}: class weights must be ≥ 0, found {value!r}')
+    if field in DROPOUT_FIELDS and not 0 <= value < 1:
+        raise ConfigError(f'{where}: dropout rates must be in [0, 1), found {value!r}')

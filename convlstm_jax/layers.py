@@ -181,8 +181,8 @@ class ConvLSTM2D(nn.Module):
     kernel_init: Initializer = dataclasses.field(default_factory=keras_glorot_uniform)
     recurrent_init: Initializer = dataclasses.field(default_factory=keras_orthogonal)
     bias_init: Initializer | None = None  # None: zeros (+ unit forget bias)
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
+    dropout: float | Array = 0.0  # an array: a population member's own rate (population.py)
+    recurrent_dropout: float | Array = 0.0
     return_sequences: bool = False
     return_state: bool = False
     go_backwards: bool = False
@@ -205,7 +205,7 @@ class ConvLSTM2D(nn.Module):
         if self.padding not in ('valid', 'same'):
             raise ValueError(f"padding must be 'valid' or 'same', got {self.padding!r}")
         for name in ('dropout', 'recurrent_dropout'):
-            if not 0.0 <= getattr(self, name) < 1.0:
+            if _is_static(getattr(self, name)) and not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f'{name} must be in [0, 1), got {getattr(self, name)!r}')
         if self.filters < 1:
             raise ValueError(f'filters must be positive, got {self.filters!r}')
@@ -248,9 +248,9 @@ class ConvLSTM2D(nn.Module):
         zeros = ConvLSTMCell.of(self).initialize_carry(frames.shape[1:], kernel_hw, self.filters)
         h0, c0 = self._initial_state(initial_state, zeros)
         input_masks = recurrent_masks = None
-        if self.dropout > 0.0 and not deterministic:
+        if _may_drop(self.dropout) and not deterministic:
             input_masks = self._dropout_masks(self.dropout, (GATES, *frames.shape[1:]))
-        if self.recurrent_dropout > 0.0 and not deterministic:
+        if _may_drop(self.recurrent_dropout) and not deterministic:
             recurrent_masks = self._dropout_masks(self.recurrent_dropout, (GATES, *h0.shape))
 
         # Without remat JAX would keep every gate intermediate of every step (1.7× the memory in a prototype):
@@ -271,7 +271,7 @@ class ConvLSTM2D(nn.Module):
         out = jnp.swapaxes(hs, 0, 1) if self.return_sequences else h_last
         return (out, h_last, c_last) if self.return_state else out
 
-    def _dropout_masks(self, rate: float, shape: tuple[int, ...]) -> Array:
+    def _dropout_masks(self, rate: float | Array, shape: tuple[int, ...]) -> Array:
         keep = 1.0 - rate
         return jax.random.bernoulli(self.make_rng('dropout'), keep, shape).astype(jnp.float32) / keep
 
@@ -286,3 +286,13 @@ class ConvLSTM2D(nn.Module):
             if state.shape != shape:
                 raise ValueError(f'initial state {name} must have shape {shape}, got {state.shape}')
         return tuple(jnp.asarray(s, jnp.float32) for s in initial_state)
+
+
+def _is_static(rate: float | Array) -> bool:
+    return isinstance(rate, (int, float))
+
+
+def _may_drop(rate: float | Array) -> bool:
+    """A rate given as an array (a population member's own, traced under vmap) always draws masks: with rate 0
+    they keep everything, so the member equals a run without dropout."""
+    return not _is_static(rate) or rate > 0.0

@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from convlstm_jax import distributed, metrics, progress
+from convlstm_jax import checkpoints, distributed, metrics, population, progress
 from convlstm_jax.data import labels as labels_lib
 from convlstm_jax.data import pipeline
 from convlstm_jax.losses import param_path
@@ -36,16 +36,21 @@ def pipeline_options(config) -> dict[str, Any]:
     )
 
 
-def validate(p_eval_step: Callable, state: TrainState, split, config) -> dict[str, float]:
-    """Every sample of `split` once; metrics of the model and of the trivial ỹ baselines on those frames."""
+def validate(p_eval_step: Callable, state: TrainState, split, config) -> list[dict[str, float]]:
+    """Every sample of `split` once; metrics of each model (one, or each population member, on the same
+    frames) and of the trivial ỹ baselines on those frames."""
     logits, index = [], []
     batches = pipeline.eval_batches(split, global_batch=config.eval_batch_size, **pipeline_options(config))
     for batch in batches:
         out = jax.device_get(p_eval_step(state, batch))
         real = out['mask'][0].reshape(-1) > 0.5  # [0]: every local device holds the same gathered batch
-        logits.append(out['logits'][0].reshape(-1)[real])
+        # (devices, [members,] b) → (members, devices·b)
+        gathered = out['logits'][0]
+        member_logits = np.moveaxis(gathered, -2, 0) if gathered.ndim == 3 else gathered[None]
+        logits.append(member_logits.reshape(member_logits.shape[0], -1)[:, real])
         index.append(out['index'][0].reshape(-1)[real])
-    return eval_metrics(split, np.concatenate(index), np.concatenate(logits))
+    index_all, logits_all = np.concatenate(index), np.concatenate(logits, axis=1)
+    return [eval_metrics(split, index_all, member_logits) for member_logits in logits_all]
 
 
 def eval_metrics(split, index: np.ndarray, logits: np.ndarray) -> dict[str, float]:
@@ -129,42 +134,63 @@ def check_finite(tree: PyTree, what: str) -> None:
 
 
 class TrainMetrics:
-    """Per-step metrics kept on device until read, so reading never waits for the step just dispatched."""
+    """Per-step metrics kept on device until read, so reading never waits for the step just dispatched.
 
-    def __init__(self):
+    Sums are kept per member (one for a solo run). A solo run's non-finite loss raises FloatingPointError; a
+    population member's only freezes that member (train.train_step), and is reported once, by `newly_frozen`;
+    the error comes when every member is frozen.
+    """
+
+    def __init__(self, members: int = 1):
         self._pending: list[tuple[int, dict]] = []
-        self._sums: dict[str, float] = {}
-        self._steps = 0
-        self.last_loss = math.nan
+        self._sums: dict[str, np.ndarray] = {}
+        self._steps = np.zeros(members)
+        self.last_loss = np.full(members, math.nan)
+        self.frozen = np.zeros(members, bool)
+        self.newly_frozen: list[tuple[int, int, float]] = []  # (member, step, loss), until taken
 
     def add(self, step: int, step_metrics: dict) -> None:
         self._pending.append((step, step_metrics))
 
     def read(self, keep_last: int = 0) -> None:
-        """Fetches all but the last `keep_last` pending steps; a non-finite loss raises FloatingPointError."""
+        """Fetches all but the last `keep_last` pending steps."""
         ready = self._pending[: len(self._pending) - keep_last]
         self._pending = self._pending[len(ready) :]
         for step, step_metrics in ready:
-            values = {key: float(value[0]) for key, value in jax.device_get(step_metrics).items()}
-            if not math.isfinite(values['loss']):
-                raise FloatingPointError(f'the training loss is {values["loss"]} at step {step}')
-            self.last_loss = values['loss']
-            self._steps += 1
+            values = {key: np.atleast_1d(value[0]) for key, value in jax.device_get(step_metrics).items()}
+            loss = values['loss'].astype(np.float64)
+            frozen = values.pop('frozen', ~np.isfinite(loss))
+            if frozen.size == 1 and frozen[0]:
+                raise FloatingPointError(f'the training loss is {loss[0]} at step {step}')
+            for member in np.flatnonzero(frozen & ~self.frozen):
+                self.newly_frozen.append((int(member), step, float(loss[member])))
+            self.frozen |= frozen
+            if self.frozen.all():
+                raise FloatingPointError(f'every member has diverged (the last at step {step})')
+            healthy = ~self.frozen
+            self.last_loss = np.where(healthy, loss, np.nan)
+            self._steps += healthy
             for key, value in values.items():
-                self._sums[key] = self._sums.get(key, 0.0) + value
+                self._sums[key] = self._sums.get(key, 0.0) + np.where(healthy, value, 0.0)
 
-    def summary(self) -> dict[str, float]:
-        """Means since the last summary (scenic style: sums and counts, normalized on the host)."""
+    def summary(self) -> list[dict[str, float]]:
+        """Means since the last summary, one record per member with steps in it (scenic style: sums and
+        counts, normalized on the host)."""
         self.read()
         sums, steps = self._sums, self._steps
-        self._sums, self._steps = {}, 0
-        if not steps:
-            return {}
-        return {
-            'loss': sums['loss'] / steps,
-            'bce': sums['bce_sum'] / sums['count'],
-            'accuracy': sums['correct'] / sums['count'],
-        }
+        self._sums, self._steps = {}, np.zeros_like(self._steps)
+        records = []
+        for member in np.flatnonzero(steps):
+            count = sums['count'][member]
+            records.append(
+                {
+                    'member': int(member),
+                    'loss': float(sums['loss'][member] / steps[member]),
+                    'bce': float(sums['bce_sum'][member] / count),
+                    'accuracy': float(sums['correct'][member] / count),
+                }
+            )
+        return records
 
 
 class Loop:
@@ -182,10 +208,14 @@ class Loop:
         self.wall_start = time.time()
         self.first_step = 0
         self.timer = CheckpointTimer(config.checkpoint_every_minutes)
+        self.members = population.size(config)
+        self.frozen_at: dict[int, int] = {}  # member → the step whose update made it diverge
 
     def run(self, state, step: int, total_steps: int, stop: StopRequest, train_split):
         """Trains from `step` to `total_steps`; returns (state, the signal that stopped it or None)."""
-        train_metrics = TrainMetrics()
+        train_metrics = TrainMetrics(self.members)
+        if self.members > 1:  # members frozen before a resume stay frozen, and are not reported again
+            train_metrics.frozen = np.asarray(jax.device_get(state.frozen[0]), bool).copy()
         self.first_step = step
         self.timer.restart()
         try:
@@ -227,15 +257,17 @@ class Loop:
                 step += 1
                 train_metrics.add(step, step_metrics)
                 train_metrics.read(keep_last=1)  # the previous step: done by now, or nearly
+                self._report_frozen(train_metrics)
                 now = time.perf_counter()
                 if step > self.first_step + 1:  # the first step of a run includes compilation
                     self.train_seconds += now - tick
                     self.clips_trained += config.batch_size
                 tick = now
                 bar.update(1)
-                if math.isfinite(train_metrics.last_loss):  # known one step late
+                losses = train_metrics.last_loss[np.isfinite(train_metrics.last_loss)]
+                if losses.size:  # known one step late
                     bar.set_postfix(  # drawn with the next update: a refresh here would defeat the throttle
-                        loss=f'{train_metrics.last_loss:.4f}',
+                        loss=_spread(losses),
                         clips_per_s=f'{self._clips_per_s():.1f}',
                         refresh=False,
                     )
@@ -272,32 +304,58 @@ class Loop:
             f'{error}: training diverged; {kept}. Try a lower learning_rate or check the data.'
         )
 
+    def _report_frozen(self, train_metrics: TrainMetrics) -> None:
+        """One warning per member whose loss turned NaN or Inf: it is frozen at its last good step."""
+        for member, step, loss in train_metrics.newly_frozen:
+            self.frozen_at[member] = step
+            going_on = int((~train_metrics.frozen).sum())
+            logging.warning(
+                'member %d: training loss %s at step %d: frozen with its parameters of step %d; %d member(s) '
+                'go on',
+                member,
+                loss,
+                step,
+                step - 1,
+                going_on,
+            )
+        train_metrics.newly_frozen.clear()
+
+    def _rows(self, step: int, split: str, records: list[dict]) -> None:
+        """metrics.jsonl rows: one per member in a population (with 'member'), one without it solo."""
+        for record in records:
+            if self.members == 1:
+                record = {k: v for k, v in record.items() if k != 'member'}
+            self.writer.write({'step': step, 'split': split, **record})
+
     def _log_train(self, step: int, train_metrics: TrainMetrics) -> None:
-        record = train_metrics.summary()
-        if record and self.train_seconds:
-            record['clips_per_s'] = self._clips_per_s()
-        if record:
-            self.writer.write({'step': step, 'split': 'train', **record})
+        records = train_metrics.summary()
+        self._report_frozen(train_metrics)
+        for record in records:
+            if self.train_seconds:
+                record['clips_per_s'] = self._clips_per_s()
+        self._rows(step, 'train', records)
 
     def _evaluate_and_save(self, state, step: int, train_metrics: TrainMetrics) -> None:
         start = time.perf_counter()
-        result = validate(self.p_eval_step, state, self.validation, self.config)
-        result['eval_seconds'] = time.perf_counter() - start
-        self.evaluations.append({'step': step, **result})
-        self.writer.write({'step': step, 'split': 'validation', **result})
+        results = validate(self.p_eval_step, state, self.validation, self.config)
+        seconds = time.perf_counter() - start
+        for member, result in enumerate(results):
+            result.update(member=member, eval_seconds=seconds)
+            if member in self.frozen_at:
+                result['frozen'] = True
+        self.evaluations.append({'step': step, 'members': results})
+        self._rows(step, 'validation', results)
         if jax.process_index() == 0:
-            progress.write(_eval_line(step, result))
-        self._save(state, step, result, train_metrics)
+            progress.write(_eval_line(step, results))
+        self._save(state, step, results, train_metrics)
 
-    def _save(self, state, step: int, result: dict | None, train_metrics: TrainMetrics) -> None:
+    def _save(self, state, step: int, results: list[dict] | None, train_metrics: TrainMetrics) -> None:
         """Saves a checkpoint once the losses up to `step` are known to be finite."""
         train_metrics.read()
+        self._report_frozen(train_metrics)
         host_state = unreplicate(state)
         check_finite(host_state.variables, f'the model at step {step}')
-        ranking = None
-        if result is not None and 'auc' in result:
-            ranking = {'val_loss': result['loss'], 'val_auc': result['auc']}
-        self.manager.save(step, *state_items(host_state), ranking)
+        self.manager.save(step, *state_items(host_state), checkpoints.ranking(results or []))
         self.timer.restart()
 
     def summary(self, start_step: int, stopped: str | None) -> dict[str, Any]:
@@ -311,13 +369,34 @@ class Loop:
             'train_clips_per_s': self._clips_per_s(),
             'device_count': jax.device_count(),
         }
-        scored = [e for e in self.evaluations if 'auc' in e]
-        if scored:
-            best_auc = max(scored, key=lambda e: e['auc'])
-            best_loss = min(scored, key=lambda e: e['loss'])
-            summary['best_auc'] = {'step': best_auc['step'], 'auc': best_auc['auc']}
-            summary['best_loss'] = {'step': best_loss['step'], 'loss': best_loss['loss']}
-            summary['last_validation'] = scored[-1]
+        members = []
+        for member in range(self.members):
+            scored = [
+                {'step': e['step'], **e['members'][member]}
+                for e in self.evaluations
+                if 'auc' in e['members'][member]
+            ]
+            found: dict[str, Any] = {}
+            if scored:
+                best_auc = max(scored, key=lambda e: e['auc'])
+                best_loss = min(scored, key=lambda e: e['loss'])
+                found['best_auc'] = {'step': best_auc['step'], 'auc': best_auc['auc']}
+                found['best_loss'] = {'step': best_loss['step'], 'loss': best_loss['loss']}
+                found['last_validation'] = {k: v for k, v in scored[-1].items() if k != 'member'}
+            members.append(found)
+        if self.members == 1:
+            summary.update(members[0])
+            return summary
+        summary['members'] = [
+            {**population.describe(self.config, i), 'frozen_at_step': self.frozen_at.get(i), **found}
+            for i, found in enumerate(members)
+        ]
+        ranked = [(m['best_auc']['auc'], i) for i, m in enumerate(members) if 'best_auc' in m]
+        if ranked:
+            best = max(ranked, key=lambda pair: (pair[0], -pair[1]))[1]  # ties: the lowest member
+            summary['best_auc'] = {'member': best, **members[best]['best_auc']}
+            lowest = min((m['best_loss']['loss'], i) for i, m in enumerate(members) if 'best_loss' in m)[1]
+            summary['best_loss'] = {'member': lowest, **members[lowest]['best_loss']}
         return summary
 
 
@@ -331,7 +410,17 @@ def _device_batches(batches: Iterator[dict]) -> Iterator[dict]:
     return pipeline.prefetch_to_devices((_train_inputs(b) for b in batches), size=2)
 
 
-def _eval_line(step: int, result: dict) -> str:
+def _spread(values: np.ndarray) -> str:
+    """One value as it is; a population's as its median and range."""
+    if values.size == 1:
+        return f'{values[0]:.4f}'
+    return f'{np.median(values):.4f} [{values.min():.4f}–{values.max():.4f}]'
+
+
+def _eval_line(step: int, results: list[dict]) -> str:
+    if len(results) > 1:
+        return _population_eval_line(step, results)
+    result = results[0]
     parts = [f'step {step}: validation loss {result["loss"]:.4f}']
     if 'auc' in result:
         parts.append(f'AUC {result["auc"]:.4f} (Keras 200-bucket {result["auc_keras200"]:.4f})')
@@ -340,4 +429,23 @@ def _eval_line(step: int, result: dict) -> str:
         ]
         parts.append('baselines ' + ', '.join(baselines))
     parts.append(f'accuracy {result["accuracy"]:.4f}')
+    return '; '.join(parts)
+
+
+def _population_eval_line(step: int, results: list[dict]) -> str:
+    """'step 200: validation AUC 0.7012 [0.5503–0.8010] over 5 members, best member 3; …'."""
+    losses = np.array([r['loss'] for r in results])
+    parts = [f'step {step}: validation loss {_spread(losses)}']
+    aucs = np.array([r.get('auc', np.nan) for r in results])
+    if np.isfinite(aucs).any():
+        best = int(np.nanargmax(aucs))
+        spread = _spread(aucs[np.isfinite(aucs)])
+        parts.append(f'AUC {spread} over {len(results)} members, best member {best}')
+        baselines = [
+            f'{k.split("/", 1)[1]} {v:.4f}' for k, v in results[best].items() if k.startswith('baseline_auc/')
+        ]
+        parts.append('baselines ' + ', '.join(baselines))
+    frozen = [str(r['member']) for r in results if r.get('frozen')]
+    if frozen:
+        parts.append(f'frozen member(s) {", ".join(frozen)}')
     return '; '.join(parts)

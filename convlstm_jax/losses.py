@@ -42,23 +42,32 @@ def regularized_paths(params: PyTree, patterns: Sequence[str]) -> list[str]:
     return [path for path in param_paths(params) if any(fnmatch.fnmatchcase(path, p) for p in patterns)]
 
 
-def l1l2_penalty(params: PyTree, l1: float, l2: float, patterns: Sequence[str]) -> jax.Array:
-    """Keras's L1L2 regularizer summed over the matching kernels: l1·Σ|w| + l2·Σw²."""
+def l1l2_penalty(
+    params: PyTree, l1: float | jax.Array, l2: float | jax.Array, patterns: Sequence[str]
+) -> jax.Array:
+    """Keras's L1L2 regularizer summed over the matching kernels: l1·Σ|w| + l2·Σw². The factors may be
+    arrays (a population member's own, traced); as Python numbers a zero factor adds no term."""
     total = jnp.float32(0)
-    if not (l1 or l2):
-        return total
+    static = isinstance(l1, (int, float)) and isinstance(l2, (int, float))
     for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
         if any(fnmatch.fnmatchcase(param_path(path), pattern) for pattern in patterns):
-            if l1:
+            if not static or l1:
                 total += jnp.float32(l1) * jnp.sum(jnp.abs(w))
-            if l2:
+            if not static or l2:
                 total += jnp.float32(l2) * jnp.sum(jnp.square(w))
     return total
 
 
+def penalized(config) -> bool:
+    """Whether any model of the run (any population member) has an L1 or L2 penalty."""
+    overrides = config.get('member_overrides') or {}
+    members = [value for name in ('l1', 'l2') for value in overrides.get(name, ())]
+    return bool(config.l1 or config.l2 or any(members))
+
+
 def check_regularized(config, params: PyTree) -> None:
     """A penalty that would silently apply to nothing is a configuration error."""
-    if (config.l1 or config.l2) and not regularized_paths(params, config.regularized_kernels):
+    if penalized(config) and not regularized_paths(params, config.regularized_kernels):
         raise ValueError(
             f'regularized_kernels {tuple(config.regularized_kernels)} match no parameter; the parameters are '
             f'{", ".join(param_paths(params))}'

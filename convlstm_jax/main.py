@@ -106,7 +106,10 @@ def format_summary(summary: dict) -> str:
         f'workdir {summary["workdir"]}: {summary["steps"]} steps, {summary["wall_seconds"]:.0f} s, '
         f'{summary["train_clips_per_s"]:.1f} training clips/s'
     ]
-    if summary.get('best_auc'):
+    if summary.get('members'):
+        lines[0] += f' per member, {len(summary["members"])} members'
+        lines += _members_table(summary)
+    elif summary.get('best_auc'):
         last = summary['last_validation']
         baselines = ', '.join(
             f'{key.split("/", 1)[1]} {value:.4f}'
@@ -126,6 +129,35 @@ def format_summary(summary: dict) -> str:
             'run the same command again to resume'
         )
     return '\n'.join(lines)
+
+
+def _members_table(summary: dict) -> list[str]:
+    """A population's members: what sets each apart, its best validation AUC and loss, and the best member."""
+    members = summary['members']
+    fixed = ('member', 'init_seed', 'frozen_at_step', 'best_auc', 'best_loss', 'last_validation')
+    overrides = [key for key in members[0] if key not in fixed]
+    header = ''.join(f'{key:>14s}' for key in overrides)
+    lines = [f'member  init seed  {header}  best AUC (step)  best loss (step)']
+    for m in members:
+        auc = f'{m["best_auc"]["auc"]:.4f} ({m["best_auc"]["step"]})' if 'best_auc' in m else '-'
+        loss = f'{m["best_loss"]["loss"]:.4f} ({m["best_loss"]["step"]})' if 'best_loss' in m else '-'
+        values = ''.join(f'{m[key]!s:>14s}' for key in overrides)
+        frozen = f'  frozen at step {m["frozen_at_step"]}' if m.get('frozen_at_step') is not None else ''
+        lines.append(f'{m["member"]:6d}  {m["init_seed"]:9d}  {values}  {auc:>15s}  {loss:>16s}{frozen}')
+    if summary.get('best_auc'):
+        best = summary['best_auc']
+        last = members[best['member']].get('last_validation', {})
+        baselines = ', '.join(
+            f'{key.split("/", 1)[1]} {value:.4f}'
+            for key, value in last.items()
+            if key.startswith('baseline_auc/')
+        )
+        lines.append(
+            f'best: member {best["member"]}, validation AUC {best["auc"]:.4f} at step {best["step"]} (what '
+            'evaluate, predict and visualize take by default; --member i for another)'
+        )
+        lines.append(f'ỹ baselines: {baselines}')
+    return lines
 
 
 if __name__ == '__main__':

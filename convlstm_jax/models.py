@@ -131,8 +131,8 @@ class Classifier(nn.Module):
     activation: str = 'tanh'
     recurrent_activation: str = 'hard_sigmoid'
     use_bias: bool = False
-    dropout: float = 0.0
-    recurrent_dropout: float = 0.0
+    dropout: float | Array = 0.0  # an array: a population member's own rate (population.py)
+    recurrent_dropout: float | Array = 0.0
     batchnorm_last: bool = True
     compute_dtype: str = 'float32'
     remat: bool = False

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from convlstm_jax import checkpoints, models
+from convlstm_jax import checkpoints, models, population
 from convlstm_jax import workdir as workdir_layout
 from convlstm_jax.data import dataset, device, pipeline
 from convlstm_jax.loop import Loop, StopRequest
@@ -34,7 +34,7 @@ from convlstm_jax.losses import (
     check_regularized,
     class_weighted_loss,
     l1l2_penalty,
-    resolve_class_weights,
+    penalized,
 )
 from convlstm_jax.metric_writer import MetricWriter
 from convlstm_jax.optim import clip_gradients, make_optimizer
@@ -53,82 +53,104 @@ def train_step(
     batch: dict[str, jax.Array],
     *,
     model,
-    optimizer: optax.GradientTransformation,
+    optimizer_at: Callable[[jax.Array], optax.GradientTransformation],
     clip_global_norm: float,
-    class_weights: tuple[float, float],
-    l1: float,
-    l2: float,
     regularized: Sequence[str],
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One step on this device's part of the global batch; call it through `jax.pmap(axis_name=AXIS)`.
+    """One step of one model on this device's part of the global batch; call it through
+    `jax.pmap(axis_name=AXIS)`, and for a population through `jax.vmap` over the member axis inside it.
+
+    The model's hyper-parameters come from `state.hparams` (population.hparams): the learning rate
+    (`optimizer_at(rate)` builds the Adam), the class weights, the L1/L2 factors (when `regularized` names
+    kernels) and, where members set them, the dropout rates.
 
     Each device normalizes its weighted loss by its own batch b = B/D, so the mean over devices is tf.keras's
     loss on the global batch B, and the pmean of the gradients is its gradient. The penalty is added on every
     device, so its mean is the penalty itself.
+
+    A population member whose loss or gradients are not finite is frozen (`state.frozen`): it keeps its last
+    good parameters, BatchNorm statistics and optimizer state, and its later updates are dropped.
     """
     clips, labels = batch['clips'], batch['labels'].astype(jnp.float32)
+    hparams = state.hparams
     local_batch = labels.shape[0]
     dropout_rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step), lax.axis_index(AXIS))
+    rates = {name: hparams[name] for name in ('dropout', 'recurrent_dropout') if name in hparams}
+    member_model = model.clone(**rates) if rates else model
 
     def loss_fn(params):
-        logits, updates = model.apply(
+        logits, updates = member_model.apply(
             {'params': params, 'batch_stats': state.batch_stats},
             clips,
             train=True,
             mutable=['batch_stats'],
             rngs={'dropout': dropout_rng},
         )
-        loss = class_weighted_loss(logits, labels, class_weights, local_batch)
-        loss += l1l2_penalty(params, l1, l2, regularized)
+        loss = class_weighted_loss(logits, labels, hparams['class_weights'], local_batch)
+        if regularized:
+            loss += l1l2_penalty(params, hparams['l1'], hparams['l2'], regularized)
         return loss, (logits, updates.get('batch_stats', {}))
 
     (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grads = clip_gradients(lax.pmean(grads, AXIS), clip_global_norm)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    updates, opt_state = optimizer_at(hparams['learning_rate']).update(grads, state.opt_state, state.params)
     new_state = state.replace(
         params=optax.apply_updates(state.params, updates),
         batch_stats=batch_stats,
         opt_state=opt_state,
         step=state.step + 1,
     )
+    mean_loss = lax.pmean(loss, AXIS)
+    if state.frozen is not None:
+        healthy = ~state.frozen & jnp.isfinite(mean_loss) & jnp.isfinite(optax.global_norm(grads))
+        kept = lambda new, old: jnp.where(healthy, new, old)  # noqa: E731
+        new_state = new_state.replace(
+            params=jax.tree.map(kept, new_state.params, state.params),
+            batch_stats=jax.tree.map(kept, new_state.batch_stats, state.batch_stats),
+            opt_state=jax.tree.map(kept, new_state.opt_state, state.opt_state),
+            frozen=~healthy,
+        )
     step_metrics = {
-        'loss': lax.pmean(loss, AXIS),  # the objective: weighted BCE + penalty, as tf.keras reports it
+        'loss': mean_loss,  # the objective: weighted BCE + penalty, as tf.keras reports it
         'bce_sum': lax.psum(jnp.sum(bce_from_logits(logits, labels)), AXIS),
         'correct': lax.psum(jnp.sum((logits >= 0) == (labels > 0.5)), AXIS),
         'count': lax.psum(jnp.float32(local_batch), AXIS),
     }
+    if state.frozen is not None:
+        step_metrics['frozen'] = new_state.frozen
     return new_state, step_metrics
 
 
 def eval_step(state: TrainState, batch: dict[str, jax.Array], *, model) -> dict[str, jax.Array]:
     """Logits of this device's part of an eval batch, gathered from every device (all processes included) so
-    that each device holds the whole global batch: (global devices, b)."""
-    logits = model.apply(state.variables, batch['clips'], train=False)
+    that each device holds the whole global batch: (global devices, b), for a population (global devices,
+    members, b)."""
+
+    def logits_of(variables):
+        return model.apply(variables, batch['clips'], train=False)
+
+    members = state.frozen is not None
+    logits = jax.vmap(logits_of)(state.variables) if members else logits_of(state.variables)
     return lax.all_gather({'logits': logits, 'mask': batch['mask'], 'index': batch['index']}, AXIS)
 
 
-def make_train_step(
-    config,
-    class_weights: tuple[float, float],
-    devices=None,
-    frames: jax.Array | None = None,
-    total_steps: int = 0,
-) -> Callable:
-    """The pmapped train step: (replicated state, sharded batch) → (state, metrics).
+def make_train_step(config, devices=None, frames: jax.Array | None = None, total_steps: int = 0) -> Callable:
+    """The pmapped train step: (replicated state, sharded batch) → (state, metrics); for a population the
+    step is vmapped over the member axis of the state, the batch shared.
 
     With `frames` (the device pipeline's placed split, `device.place_splits`), the batch holds 'target' and
     'flip' in place of 'clips', and the step cuts the clips from `frames`, passed to it as an argument.
+    `total_steps` is the run's length, which a decaying learning-rate schedule needs.
     """
     step = functools.partial(
         train_step,
         model=models.build_model(config.model, axis_name=AXIS),
-        optimizer=make_optimizer(config, total_steps=total_steps),
+        optimizer_at=functools.partial(make_optimizer, config, total_steps=total_steps),
         clip_global_norm=float(config.clip_global_norm),
-        class_weights=class_weights,
-        l1=float(config.l1),
-        l2=float(config.l2),
-        regularized=tuple(config.regularized_kernels),
+        regularized=tuple(config.regularized_kernels) if penalized(config) else (),
     )
+    if population.is_population(config):
+        step = jax.vmap(step, in_axes=(0, None))
     if frames is None:  # the host pipelines: the step as it is, no extra argument
         return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,), devices=devices)
     return _with_frames(
@@ -180,7 +202,6 @@ class _Start:
     spec: dict[str, Any]
     splits: dict
     steps_per_epoch: int
-    class_weights: tuple[float, float]
     frames: dict[str, jax.Array]  # the device pipeline's splits on the local devices; empty for the others
 
 
@@ -227,15 +248,15 @@ def _check_and_plan(config, workdir: pathlib.Path, shown: str) -> _Start:
             f'the training split has {len(train_split.samples)} samples, fewer than one batch of '
             f'{config.batch_size}'
         )
-    class_weights = resolve_class_weights(config.class_weights, train_split.labels[train_split.samples])
+    hparams = population.hparams(config, train_split.labels[train_split.samples])
 
-    state, how, broken = _starting_state(config, workdir, shown, spec)
+    state, how, broken = _starting_state(config, workdir, shown, spec, hparams)
     check_regularized(config, state.params)
     frames = {}
     if config.data.pipeline == 'device':  # last: the memory check, then the frames placed (nothing written)
         used = {name: splits[name] for name in ('train', 'validation')}
         frames = device.place_splits(used, jax.local_devices(), reserve_bytes=model_bytes(state))
-    return _Start(state, how, broken, spec, splits, steps_per_epoch, class_weights, frames)
+    return _Start(state, how, broken, spec, splits, steps_per_epoch, frames)
 
 
 def model_bytes(state: TrainState) -> int:
@@ -245,24 +266,26 @@ def model_bytes(state: TrainState) -> int:
     return int(sum(np.size(x) * np.dtype(x.dtype).itemsize for x in leaves))
 
 
-def _starting_state(config, workdir: pathlib.Path, shown: str, spec: dict):
+def _starting_state(config, workdir: pathlib.Path, shown: str, spec: dict, hparams):
     """The state to start from: the workdir's newest readable checkpoint, `init_from`, or a fresh
     initialization; with the unreadable steps newer than the one resumed."""
-    rng = jax.random.PRNGKey(config.seed)
-    init_rng, state_rng = jax.random.split(rng)
     if (workdir / workdir_layout.CHECKPOINTS_DIR).is_dir():
-        reader = checkpoints.TrainingCheckpoints(workdir, keep=config.keep_checkpoints, read_only=True)
+        reader = checkpoints.TrainingCheckpoints(
+            workdir, keep=config.keep_checkpoints, members=population.size(config), read_only=True
+        )
         try:
             steps = sorted(reader.all_steps(), reverse=True)
             broken = []
-            template = create_train_state(config, init_variables(config, 0), np.asarray(state_rng))
+            shapes = init_variables(config, 0)
+            template = _initial_state(config, hparams, lambda _: shapes)
             for step in steps:
                 try:
                     variables, train_state = reader.restore(step, *state_items(template))
                 except checkpoints.CheckpointError as e:
                     broken.append((step, e))
                     continue
-                return state_from_items(variables, train_state), f'resumed from step {step}', broken
+                state = state_from_items(variables, train_state, hparams)
+                return state, f'resumed from step {step}', broken
         finally:
             reader.close()
         if broken:
@@ -281,10 +304,25 @@ def _starting_state(config, workdir: pathlib.Path, shown: str, spec: dict):
             raise ValueError(
                 f'init_from {config.init_from}: its variables do not match the model of the config'
             )
-        state = create_train_state(config, variables, np.asarray(state_rng))
+        state = _initial_state(config, hparams, lambda _: variables)
         return state, f'initialized from {config.init_from}', []
-    variables = init_variables(config, int(jax.random.randint(init_rng, [], 0, 2**31 - 1)))
-    return create_train_state(config, variables, np.asarray(state_rng)), 'initialized randomly', []
+
+    def random_variables(init_rng):
+        return init_variables(config, int(jax.random.randint(init_rng, [], 0, 2**31 - 1)))
+
+    return _initial_state(config, hparams, random_variables), 'initialized randomly', []
+
+
+def _initial_state(config, hparams, variables_of: Callable[[jax.Array], dict]) -> TrainState:
+    """The step-0 state: member i (a solo run's only model) draws `variables_of(init_rng)` and its dropout
+    key from its init seed (population.init_seeds); a population's members stacked on a leading axis."""
+    members = []
+    for seed in population.init_seeds(config):
+        init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
+        members.append(create_train_state(config, variables_of(init_rng), np.asarray(state_rng), None))
+    if not population.is_population(config):
+        return members[0].replace(hparams=hparams)
+    return population.stack(members).replace(hparams=hparams, frozen=np.zeros(len(members), bool))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -318,31 +356,23 @@ def train_and_evaluate(
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices('convlstm_jax: workdir ready')
-    start_step = int(start.state.step)
+    start_step = int(np.max(start.state.step))  # every member counts the same steps
     if is_writer:
-        num_params = sum(int(np.size(x)) for x in jax.tree.leaves(start.state.params))
-        devices = devices_note or f'{jax.device_count()} device(s)'
-        weights = start.class_weights
-        print(
-            f'workdir {shown}: {start.how}; {num_params:,} parameters; {devices} × '
-            f'{config.batch_size // jax.device_count()} clips; {start.steps_per_epoch} steps per epoch; '
-            f'class weights {weights[0]:.4g}, {weights[1]:.4g}',
-            flush=True,
-        )
+        print(_first_line(config, start, shown, devices_note), flush=True)
         if start_step and previous_devices and previous_devices != jax.device_count():
             _warn(
                 f'workdir {shown} trained on {previous_devices} device(s) so far and goes on with '
                 f'{jax.device_count()}: its numbers will differ from then on (rounding in the reductions)'
             )
 
-    manager = checkpoints.TrainingCheckpoints(workdir, keep=config.keep_checkpoints)
+    manager = checkpoints.TrainingCheckpoints(
+        workdir, keep=config.keep_checkpoints, members=population.size(config)
+    )
     writer = MetricWriter(workdir, enabled=is_writer)
     try:
         state = replicate(start.state, jax.local_devices())
         total_steps = config.num_epochs * start.steps_per_epoch
-        p_train_step = make_train_step(
-            config, start.class_weights, frames=start.frames.get('train'), total_steps=total_steps
-        )
+        p_train_step = make_train_step(config, frames=start.frames.get('train'), total_steps=total_steps)
         p_eval_step = make_eval_step(config, frames=start.frames.get('validation'))
         loop = Loop(
             config,
@@ -363,6 +393,26 @@ def train_and_evaluate(
     if is_writer:
         workdir_layout.write_summary(workdir, summary)
     return summary
+
+
+def _first_line(config, start: _Start, shown: str, devices_note: str | None) -> str:
+    """'workdir runs/x: initialized randomly; 66,849 parameters; 2 CPU devices × 4 clips; …'."""
+    members = population.size(config)
+    one_model = population.take(start.state.params, 0) if members > 1 else start.state.params
+    num_params = sum(int(np.size(x)) for x in jax.tree.leaves(one_model))
+    devices = devices_note or f'{jax.device_count()} device(s)'
+    weights = np.asarray(start.state.hparams['class_weights']).reshape(-1, 2)
+    if members > 1:
+        seeds = population.init_seeds(config)
+        models_part = f'{members} members of {num_params:,} parameters (init seeds {seeds[0]}–{seeds[-1]})'
+    else:
+        models_part = f'{num_params:,} parameters'
+    shown_weights = '; '.join(f'{w0:.4g}, {w1:.4g}' for w0, w1 in np.unique(weights, axis=0))
+    return (
+        f'workdir {shown}: {start.how}; {models_part}; {devices} × '
+        f'{config.batch_size // jax.device_count()} clips; {start.steps_per_epoch} steps per epoch; '
+        f'class weights {shown_weights}'
+    )
 
 
 def _move_broken_aside(workdir: pathlib.Path, start: _Start) -> None:

@@ -51,12 +51,15 @@ def model_spec(config) -> dict[str, Any]:
     source = {'trained_by': 'convlstm_jax.train', 'data_source': config.data.source}
     if config.init_from:
         source['init_from'] = str(config.init_from)
-    return {
+    spec = {
         'format': checkpoints.MODEL_FORMAT,
         'model': checkpoints.model_fields(config.model),
         'input': checkpoints.input_contract(config.data),
         'source': source,
     }
+    if config.population > 1:  # each step holds the members on a leading axis (checkpoints.load_model)
+        spec['population'] = int(config.population)
+    return spec
 
 
 def check_same_architecture(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from configs import one_layer, two_layer
-from convlstm_jax import parallel, state, train
+from convlstm_jax import parallel, population, state, train
 from convlstm_jax.benchmark import keras_models
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -50,9 +50,9 @@ def _batches(num_steps, batch, clip, seed=0):
 
 def _run_jax(config, variables, batches, devices):
     """`len(batches)` pmapped steps over `devices`; each global batch is split evenly over them."""
-    class_weights = train.resolve_class_weights(config.class_weights, np.zeros(1))
-    p_step = train.make_train_step(config, class_weights, devices=devices)
-    state = train.create_train_state(config, variables, np.asarray(jax.random.PRNGKey(0)))
+    p_step = train.make_train_step(config, devices=devices)
+    hparams = population.hparams(config, np.zeros(1))  # the config's pair of class weights
+    state = train.create_train_state(config, variables, np.asarray(jax.random.PRNGKey(0)), hparams)
     state = parallel.replicate(state, devices)
     losses = []
     for clips, labels in batches:
