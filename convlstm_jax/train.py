@@ -102,7 +102,8 @@ def train_step(
     )
     mean_loss = lax.pmean(loss, AXIS)
     if state.frozen is not None:
-        healthy = ~state.frozen & jnp.isfinite(mean_loss) & jnp.isfinite(optax.global_norm(grads))
+        finite_grads = jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        healthy = ~state.frozen & jnp.isfinite(mean_loss) & finite_grads
         kept = lambda new, old: jnp.where(healthy, new, old)  # noqa: E731
         new_state = new_state.replace(
             params=jax.tree.map(kept, new_state.params, state.params),
@@ -307,10 +308,16 @@ def _starting_state(config, workdir: pathlib.Path, shown: str, spec: dict, hpara
         state = _initial_state(config, hparams, lambda _: variables)
         return state, f'initialized from {config.init_from}', []
 
+    return fresh_state(config, hparams), 'initialized randomly', []
+
+
+def fresh_state(config, hparams) -> TrainState:
+    """A random initialization: member i (a solo run's only model) from init seed i (population.init_seeds)."""
+
     def random_variables(init_rng):
         return init_variables(config, int(jax.random.randint(init_rng, [], 0, 2**31 - 1)))
 
-    return _initial_state(config, hparams, random_variables), 'initialized randomly', []
+    return _initial_state(config, hparams, random_variables)
 
 
 def _initial_state(config, hparams, variables_of: Callable[[jax.Array], dict]) -> TrainState:
