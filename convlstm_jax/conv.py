@@ -156,7 +156,7 @@ def _xla_conv(x: Array, kernel: Array, padding: str | list[tuple[int, int]]) -> 
     def conv_members(members, batched, x, kernel):
         x_batched, kernel_batched = batched
         if x_batched and kernel_batched:
-            return jnp.stack([conv(x[i], kernel[i]) for i in range(members)]), True
+            return jax.lax.map(lambda pair: conv(*pair), (x, kernel)), True
         if x_batched:
             out = conv(x.reshape(-1, *x.shape[2:]), kernel)
             return out.reshape(members, -1, *out.shape[1:]), True

@@ -121,10 +121,13 @@ def config_differences(saved: dict[str, Any], config) -> dict[str, tuple[Any, An
     Fields only one side has (a config.json of an older version) are not compared.
     """
     old, new = _flatten(saved), _flatten(config_dict(config))
+    free = set(RUN_LENGTH_AND_PACE_FIELDS)
+    if config.lr_schedule == 'cosine':  # the decay spans the run: its length sets every step's learning rate
+        free.discard('num_epochs')
     return {
         key: (old[key], new[key])
         for key in sorted(old.keys() & new.keys())
-        if old[key] != new[key] and key not in RUN_LENGTH_AND_PACE_FIELDS
+        if old[key] != new[key] and key not in free
     }
 
 
