@@ -19,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from convlstm_jax.config import DROPOUT_FIELDS, PER_MEMBER_FIELDS
+from convlstm_jax.config_checks import DROPOUT_FIELDS, PER_MEMBER_FIELDS
 from convlstm_jax.losses import resolve_class_weights
 
 PyTree = Any

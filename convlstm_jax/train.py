@@ -312,7 +312,7 @@ def _starting_state(config, workdir: pathlib.Path, shown: str, spec: dict, hpara
 
 
 def fresh_state(config, hparams) -> TrainState:
-    """A random initialization: member i (a solo run's only model) from init seed i (population.init_seeds)."""
+    """A random initialization: member i (a solo run's only model) from its init seed (population.py)."""
 
     def random_variables(init_rng):
         return init_variables(config, int(jax.random.randint(init_rng, [], 0, 2**31 - 1)))
