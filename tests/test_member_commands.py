@@ -86,6 +86,13 @@ def test_a_solo_model_takes_member_best_and_0_and_refuses_others(
         assert not out.exists()
 
 
+@pytest.mark.parametrize('option', [['--member', '1'], ['--select', 'latest']])
+def test_evaluate_of_the_2021_reference_takes_no_member(tmp_path, option):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate_cli.main(['--reference', str(tmp_path), *option, '--out', str(tmp_path / 'out')])
+    assert exit_info.value.code == 'error: --select and --member apply to --checkpoint only'
+
+
 # ---------------------------------------------------------------------------------------------------------
 # A population of 2, trained once for the module
 

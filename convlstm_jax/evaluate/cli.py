@@ -61,6 +61,8 @@ def run(f: flags.FlagValues) -> int:
         if f.reference:
             if config_lib.overrides_given(holder) or f.print_config:
                 sys.exit('error: --config.* overrides and --print_config apply to --checkpoint only')
+            if f['select'].present or f['member'].present:
+                sys.exit('error: --select and --member apply to --checkpoint only')
             report = reference_report(f.reference, f.out, bootstrap, window=f.window)
         else:
             config = cli.saved_model_start(f, f.batch_size, 'evaluating')
