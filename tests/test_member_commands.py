@@ -39,13 +39,17 @@ def test_select_and_member_come_from_one_definition(command):
 
 @pytest.fixture(scope='module')
 def solo_model_dir(tmp_path_factory) -> pathlib.Path:
-    """A one-model directory (random weights) at the smoke clip shape."""
+    """A one-model directory (random weights, positive variances) at the smoke clip shape."""
     model = {'filters': [3], 'use_bias': True, 'batchnorm_last': True}
     time_steps, height, width, channels = SMOKE_CLIP
     contract = {'height': height, 'width': width, 'time_steps': time_steps, 'frames_per_step': channels}
     contract.update({'pixel_scale': 1 / 255, 'resize': 'nearest', 'horizon': 6})
     clips = np.zeros((1, *SMOKE_CLIP), np.uint8)
-    variables = jax.device_get(build_model(model).init(jax.random.PRNGKey(0), clips, train=False))
+    # Shapes only (running the init costs seconds), then random weights.
+    shapes = jax.eval_shape(lambda: build_model(model).init(jax.random.PRNGKey(0), clips, train=False))
+    rng = np.random.default_rng(0)
+    variables = jax.tree.map(lambda s: rng.normal(0, 0.3, s.shape).astype(s.dtype), shapes)
+    variables['batch_stats']['batchnorm_0']['var'] = np.full(3, 0.05, np.float32)
     path = tmp_path_factory.mktemp('member') / 'solo'
     checkpoints.save_model_dir(path, {'model': model, 'input': contract, 'source': {'test': True}}, variables)
     return path

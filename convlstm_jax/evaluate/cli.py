@@ -80,7 +80,7 @@ def run(f: flags.FlagValues) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:  # a corrupt checkpoint too (CheckpointError)
         print(f'error: {e}', file=sys.stderr)
         return 2
-    member = report['source']['member']
+    member = report['source'].get('member')  # a population's member; the reference has none
     print(f'wrote {pathlib.Path(f.out) / "report.md"}' + ('' if member is None else f' (member {member})'))
     for name, result in report['predictors'].items():
         rule = result['youden']
