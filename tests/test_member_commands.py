@@ -150,6 +150,14 @@ def test_evaluate_reports_the_member(population_workdir, tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_visualize_draws_the_member_asked_for(population_workdir, tmp_path, capsys):
+    out = tmp_path / 'clip.png'
+    arguments = ['--checkpoint', str(population_workdir), '--member', '1', '--t', '30', '--out', str(out)]
+    assert visualize.main(arguments) == 0
+    assert out.stat().st_size > 0 and f'wrote {out}' in capsys.readouterr().out
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ('member', 'select', 'expected'),
     [
