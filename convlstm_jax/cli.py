@@ -1,6 +1,7 @@
-"""What every command line shares: `--cpu_devices` and `--print_config` (defined once, here), the automatic
-one-device-per-core split of a CPU-only machine, a `--help` that exits 0 and lists every option, flag parsing
-whose errors are one line, and the config of a trained model (its workdir's config.json, with overrides).
+"""What every command line shares: `--cpu_devices`, `--print_config`, and for the commands that read a
+trained model `--select` and `--member` (each defined once, here), the automatic one-device-per-core split of
+a CPU-only machine, a `--help` that exits 0 and lists every option, flag parsing whose errors are one line,
+and the config of a trained model (its workdir's config.json, with overrides).
 
 main.py runs on absl's global flags:
 
@@ -20,6 +21,7 @@ side by side (the tests, evaluate beside predict) never define the same flag twi
     def define_flags(flag_values, argv):               # evaluate, predict, visualize (a workdir's config)
         config_lib.define_config_flag(from_workdir=True, flag_values=flag_values, argv=argv)
         cli.define_common_flags(flag_values)
+        cli.define_checkpoint_flags(flag_values)         # --select, --member
         flags.DEFINE_string('checkpoint', None, 'Model directory, …', flag_values=flag_values)
     def run(flag_values) -> int:
         config = cli.saved_model_start(flag_values, BATCH, 'evaluating')  # config, --print_config, devices
@@ -59,6 +61,13 @@ _PRINT_CONFIG_HELP = (
     'and exit.'
 )
 _CPU_DEVICE_FLAG = '--xla_force_host_platform_device_count'
+# checkpoints.SELECTIONS, repeated so that the command line is read before orbax and JAX are imported
+# (tests/test_member_commands.py checks that the two agree).
+SELECTIONS = ('best_auc', 'best_loss', 'latest')
+_MEMBER_HELP = (
+    'Population member: an index, or best (the member with the best validation AUC); a solo run has one '
+    'model.'
+)
 
 
 def define_common_flags(
@@ -69,6 +78,16 @@ def define_common_flags(
         flags.DEFINE_integer('cpu_devices', None, _CPU_DEVICES_HELP, lower_bound=1, flag_values=flag_values)
     if print_config:
         flags.DEFINE_bool('print_config', False, _PRINT_CONFIG_HELP, flag_values=flag_values)
+
+
+def define_checkpoint_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+    """`--select` and `--member`, the one definition of each, for the commands that read a trained model
+    (evaluate, predict, visualize). --member stays text: `checkpoints.load_model` checks it against the
+    workdir (a population's size, a solo run), and the command reports a bad one in one line."""
+    flags.DEFINE_enum(
+        'select', 'best_auc', SELECTIONS, 'Checkpoint step of a training workdir.', flag_values=flag_values
+    )
+    flags.DEFINE_string('member', 'best', _MEMBER_HELP, flag_values=flag_values)
 
 
 # ---------------------------------------------------------------------------------------------------------

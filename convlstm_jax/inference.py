@@ -23,9 +23,12 @@ from convlstm_jax import progress as progress_lib
 from convlstm_jax.models import build_model
 
 
-def load_predictor(checkpoint: str | pathlib.Path, select: str = 'best_auc') -> tuple[dict, Any, dict]:
-    """(spec, model, variables) of a model directory, a training workdir or a step directory."""
-    spec, variables = checkpoints.load_model(checkpoint, select=select)
+def load_predictor(
+    checkpoint: str | pathlib.Path, select: str = 'best_auc', member: int | str | None = None
+) -> tuple[dict, Any, dict]:
+    """(spec, model, variables) of a model directory, a training workdir or a step directory; of one member
+    of a population's workdir (`member`: an index, or 'best', the default; the spec then names it)."""
+    spec, variables = checkpoints.load_model(checkpoint, select=select, member=member)
     model = build_model(spec['model'])
     return spec, model, variables
 
@@ -188,11 +191,12 @@ def predict_clips_file(
     clips_path: str | pathlib.Path,
     *,
     select: str = 'best_auc',
+    member: int | str | None = None,
     batch_size: int = 8,
     progress: bool = True,
 ) -> np.ndarray:
     """Probabilities for the clips stored in a .npy file, streamed from disk."""
-    spec, model, variables = load_predictor(checkpoint, select)
+    spec, model, variables = load_predictor(checkpoint, select, member)
     clips = np.load(clips_path, mmap_mode='r')
     check_clips(clips.shape, clips.dtype, spec['input'])
     return predict_clips(model, variables, batches(clips, batch_size), total=len(clips), progress=progress)

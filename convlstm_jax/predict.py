@@ -176,6 +176,7 @@ def predict_recording_file(
     video: str | None = None,
     frames: str | None = None,
     select: str = 'best_auc',
+    member: int | str | None = None,
     batch_size: int = 8,
     progress: bool = True,
     resize: str | None = None,
@@ -183,7 +184,7 @@ def predict_recording_file(
     """(probability per frame as in `predict_recording`, the recording, the model's spec). `resize`
     replaces the input contract's resize method (config.data.resize)."""
     recording = open_recording(video=video, frames=frames)
-    spec, model, variables = inference.load_predictor(checkpoint, select)
+    spec, model, variables = inference.load_predictor(checkpoint, select, member)
     input_spec = {**spec['input'], 'resize': resize} if resize else spec['input']
     probabilities = predict_recording(
         model, variables, recording, input_spec, batch_size=batch_size, progress=progress
@@ -217,6 +218,7 @@ def define_flags(flag_values: Any, argv: list[str]) -> None:
 
     config_lib.define_config_flag(from_workdir=True, flag_values=flag_values, argv=argv)
     cli.define_common_flags(flag_values)
+    cli.define_checkpoint_flags(flag_values)
     f = flag_values
     flags.DEFINE_string(
         'checkpoint', None, 'Model directory, training workdir or step directory.', flag_values=f
@@ -232,7 +234,6 @@ def define_flags(flag_values: Any, argv: list[str]) -> None:
     flags.DEFINE_string(
         'plot', None, 'With --video/--frames: PNG of the probability over time.', flag_values=f
     )
-    flags.DEFINE_enum('select', 'best_auc', checkpoints.SELECTIONS, 'Step of a workdir.', flag_values=f)
     flags.DEFINE_integer('batch_size', 8, 'Clips per batch (split over the devices).', 1, flag_values=f)
     flags.mark_flags_as_required(['checkpoint', 'out'], flag_values=f)
     flags.mark_flags_as_mutual_exclusive(['clips', 'video', 'frames'], required=True, flag_values=f)
@@ -247,7 +248,7 @@ def run(f: Any) -> int:
         config = cli.saved_model_start(f, f.batch_size, 'predicting with')
         if f.clips:
             probabilities = inference.predict_clips_file(
-                f.checkpoint, f.clips, select=f.select, batch_size=f.batch_size
+                f.checkpoint, f.clips, select=f.select, member=f.member, batch_size=f.batch_size
             )
             io.write_atomic(f.out, lambda file: np.save(file, probabilities))
             print(f'wrote {f.out}: {len(probabilities)} probabilities, mean {_mean(probabilities)}')
@@ -275,6 +276,7 @@ def _predict_recording_cli(args: Any, resize: str) -> None:
         video=args.video,
         frames=args.frames,
         select=args.select,
+        member=args.member,
         batch_size=args.batch_size,
         resize=resize,
     )

@@ -180,19 +180,21 @@ def visualize(
     split: str = 'test',
     t: int,
     select: str = 'best_auc',
+    member: int | str | None = None,
     channels: Sequence[int] = (0, 1),
     max_columns: int = 10,
     data_config: Any = None,
 ) -> pathlib.Path:
     """Draws the clip ending at frame t of `split` through the model of `checkpoint` into a PNG.
-    `data_config` (config.data) defaults to the data the model was trained on (cli.model_config)."""
+    `data_config` (config.data) defaults to the data the model was trained on (cli.model_config); `member`
+    picks one member of a population (checkpoints.load_model)."""
     from convlstm_jax import checkpoints, cli, models
     from convlstm_jax.data import clips, dataset, sources
 
     sources.check_split_name(split)
     if data_config is None:
         data_config = cli.model_config(checkpoint).data
-    spec, variables = checkpoints.load_model(checkpoint, select=select)
+    spec, variables = checkpoints.load_model(checkpoint, select=select, member=member)
     splits = dataset.load_splits(data_config)
     if split not in splits:
         raise ValueError(f'the data has no split {split!r}: found {sorted(splits)}')
@@ -207,10 +209,14 @@ def visualize(
     probability = 1 / (1 + np.exp(-logit))
     title = (
         f'{split} frame t = {t}: label {int(data.labels[t])}, ỹ[t] = {data.y_tilde[t]:.2e}, '
-        f'ŷ = {probability:.3f}  ({checkpoint})'
+        f'ŷ = {probability:.3f}  ({checkpoint}{_member_note(spec)})'
     )
     figure = clip_figure(clip, activations, gradient, channels=channels, max_columns=max_columns, title=title)
     return save_figure(figure, out)
+
+
+def _member_note(spec: dict) -> str:
+    return f', member {spec["member"]}' if 'member' in spec else ''
 
 
 def define_flags(flag_values: Any, argv: Sequence[str]) -> None:
@@ -222,9 +228,9 @@ def define_flags(flag_values: Any, argv: Sequence[str]) -> None:
 
     config_lib.define_config_flag(from_workdir=True, flag_values=flag_values, argv=argv)
     cli.define_common_flags(flag_values)
+    cli.define_checkpoint_flags(flag_values)
     for name, default, text in (
         ('checkpoint', None, 'Model directory, training workdir or step directory.'),
-        ('select', 'best_auc', 'Step of a workdir: best_auc | best_loss | latest.'),
         ('split', 'test', 'Split the frame belongs to: train | validation | test.'),
         ('out', None, 'PNG to write.'),
         ('channels', '0,1', 'Comma-separated channels of each layer to show.'),
@@ -254,6 +260,7 @@ def run(f: Any) -> int:
             split=f.split,
             t=f.t,
             select=f.select,
+            member=f.member,
             channels=channels,
             max_columns=f.max_columns,
             data_config=config.data,

@@ -3,16 +3,18 @@
     python -m convlstm_jax.benchmark --json bench.json
     python -m convlstm_jax.benchmark --models two_layer --frameworks convlstm_jax,tf_keras,torch
 
-Every row (framework × model × mode × dtype × remat × devices × input) runs in a fresh subprocess, because
-frameworks disturb each other (thread pools, allocators, XLA flags) and a process's peak memory is only clean
-in a process of its own. All rows build the same model from `configs/<model>.py` at the same clip shape and
-batch, and feed it the same in-memory data: a few seeded uint8 batches, regenerated identically by every
-worker. Keras gets them scaled to float32 once, before timing, as the 2021 pipeline fed it; this project and
-the torch twin get uint8 and scale on the device. The training step is the 2021 one, class-weighted binary
-cross-entropy and Adam: for Keras `train_on_batch` after the 2021 `compile` (with its BCE and AUC metrics),
-for torch the same loss and `torch.optim.Adam`, for this project the training step of `convlstm_jax.train`,
-pmapped over `--devices` devices (on a CPU, the CPU split into that many: one per core runs the shards side
-by side; 1 by default). Separate `pipeline-*` rows time this project's training step fed by its own input
+Every row (framework × model × mode × dtype × remat × devices × population × input) runs in a fresh
+subprocess, because frameworks disturb each other (thread pools, allocators, XLA flags) and a process's peak
+memory is only clean in a process of its own. All rows build the same model from `configs/<model>.py` at the
+same clip shape and batch, and feed it the same in-memory data: a few seeded uint8 batches, regenerated
+identically by every worker. Keras gets them scaled to float32 once, before timing, as the 2021 pipeline fed
+it; this project and the torch twin get uint8 and scale on the device. The training step is the 2021 one,
+class-weighted binary cross-entropy and Adam: for Keras `train_on_batch` after the 2021 `compile` (with its
+BCE and AUC metrics), for torch the same loss and `torch.optim.Adam`, for this project the training step of
+`convlstm_jax.train`, pmapped over `--devices` devices (on a CPU, the CPU split into that many: one per core
+runs the shards side by side; 1 by default), and with `--population K` vmapped over K members as
+`--config.population=K` trains them (clips/s then counts every member's clips, K × batch per step; the other
+frameworks run one model). Separate `pipeline-*` rows time this project's training step fed by its own input
 pipeline (`data/pipeline.py`) from a frame array, instead of from batches already in memory.
 
 Step times are wall-clock times of finished steps (the result is waited for), after warm-up steps.

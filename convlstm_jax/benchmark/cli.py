@@ -110,6 +110,14 @@ _LIST_FLAGS: tuple[tuple[str, str, str, Callable[[str], Any]], ...] = (
         'where TensorFlow is installed, else numpy, and device.',
         _choices(PIPELINE_BACKENDS, special=('auto', 'none')),
     ),
+    (
+        'population',
+        '1',
+        'convlstm_jax rows: population sizes K, e.g. 1,4,8: K models trained (or run) in one step vmapped '
+        "over them, as --config.population=K trains; clips/s then counts every member's clips (K × batch "
+        'per step). The other frameworks run one model.',
+        _positive_ints('1,4,8'),
+    ),
     ('shape', ','.join(map(str, DEFAULT_SHAPE)), 'Clip shape T,H,W,C.', _shape),
     ('batch', '4', 'Global batch sizes, e.g. 4 or 4,16,64.', _positive_ints('4,16,64')),
 )
@@ -231,14 +239,22 @@ def benchmark(args: types.SimpleNamespace) -> list[dict[str, Any]]:
             load_config(model)  # unknown names and bad configs fail here, before any row runs
         except ValueError as e:
             raise SystemExit(f'error: --models: {e}') from None
+    frameworks = resolve_frameworks(args.frameworks)
+    others = [f for f in frameworks if f != 'convlstm_jax']
+    if max(args.population) > 1 and others:
+        print(
+            f'--population: only the convlstm_jax rows train populations; {", ".join(others)} run one model',
+            file=sys.stderr,
+        )
     specs = plan_rows(
         models=models,
-        frameworks=resolve_frameworks(args.frameworks),
+        frameworks=frameworks,
         modes=args.modes,
         dtypes=args.dtypes,
         remat=args.remat,
         pipelines=resolve_pipelines(args.pipeline),
         devices=args.devices,
+        populations=args.population,
         batches=args.batch,
         measure='compile' if args.memory_analysis else 'time',
         shape=args.shape,

@@ -46,6 +46,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 CONFIGS_DIR = REPO_ROOT / 'configs'
 DISTINCT_BATCHES = 2  # cycled through, so that no step sees the previous step's input
 POSITIVE_FRACTION = 0.134  # of the labels, as in the 2021 training split
+CLIPS_COUNTED = 'per member: population × batch / median step time'  # what clips_per_s counts
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -112,12 +113,14 @@ class RowSpec:
     seed: int = 0
     unroll: int | None = None
     devices: int = 1  # convlstm_jax: devices the step is pmapped over (on a CPU: the CPU split into these)
+    population: int = 1  # convlstm_jax: models in one vmapped step (config.population)
     measure: str = 'time'  # 'time' the steps, or 'compile' only: the compiled program's memory analysis
 
     def label(self) -> str:
         parts = [self.framework, self.model, self.mode, self.dtype]
         parts += ['remat'] if self.remat else []
         parts += [f'{self.devices} devices'] if self.devices > 1 else []
+        parts += [f'population {self.population}'] if self.population > 1 else []
         parts += [self.input] if self.input != 'memory' else []
         parts += [f'batch {self.batch}'] if self.batch != DEFAULT_BATCH else []
         parts += ['compiled memory'] if self.measure == 'compile' else []
@@ -144,6 +147,7 @@ def row_config(spec: RowSpec) -> Any:
     if spec.unroll is not None:
         config.model.unroll = spec.unroll
     config.batch_size = spec.batch
+    config.population = spec.population
     data = config.data
     data.time_steps, data.height, data.width, data.frames_per_step = spec.shape
     config.class_weights = class_weights(config)
@@ -286,17 +290,19 @@ def time_steps(step: Callable[[int], None], spec: RowSpec, memory: Any) -> dict[
 
 
 def measurements(timing: dict[str, Any], memory: Any, spec: RowSpec, model_config: Any) -> dict[str, Any]:
-    """The row's numbers from its step times and memory probe."""
+    """The row's numbers from its step times and memory probe. A population's clips/s counts every member's
+    clips (each member trains on, or runs, every clip of the batch): population × batch / step time."""
     times = np.asarray(timing['step_times_s'])
     median = float(np.median(times))
     q25, q75 = np.percentile(times, [25, 75])
-    clips_per_s = spec.batch / median
+    clips_per_s = spec.population * spec.batch / median
     gflop_per_clip = (
         flops_per_clip(model_config, spec.shape)['train' if spec.mode == 'train' else 'forward'] / 1e9
     )
     peak = memory.peak()
     return {
         'clips_per_s': clips_per_s,
+        'clips_counted': CLIPS_COUNTED,
         'step_s_median': median,
         'step_s_iqr': float(q75 - q25),
         'step_s_min': float(times.min()),

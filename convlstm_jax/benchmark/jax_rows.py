@@ -44,31 +44,59 @@ def jax_device_name() -> str:
 def jax_train_step(
     config: Any, seed: int, devices: Sequence[Any], frames: Any = None
 ) -> tuple[Callable, Any]:
-    """`convlstm_jax.train`'s pmapped training step over `devices`, and its initial state on them; with
-    `frames` (placed by `device_frames`), the device pipeline's step, which cuts its clips from them."""
-    import jax
-
+    """`convlstm_jax.train`'s pmapped training step over `devices` (vmapped over the members of a
+    config.population > 1, as training builds it), and its initial state on them; with `frames` (placed by
+    `device_frames`), the device pipeline's step, which cuts its clips from them."""
     from convlstm_jax import parallel, train
 
-    variables = train.init_variables(config, seed)
-    state = train.create_train_state(config, variables, jax.random.PRNGKey(seed))
-    p_train_step = train.make_train_step(config, config.class_weights, devices=devices, frames=frames)
-    return p_train_step, parallel.replicate(state, devices)
+    p_train_step = train.make_train_step(config, devices=devices, frames=frames)
+    return p_train_step, parallel.replicate(initial_state(config, seed), devices)
+
+
+def initial_state(config: Any, seed: int) -> Any:
+    """The step-0 training state of the config's members, member i initialised from seed + i (a population:
+    stacked on a leading member axis, with its per-member hyper-parameters, none frozen)."""
+    import jax
+
+    from convlstm_jax import population, state
+
+    # The row's class weights are a pair (row_config), so no training labels are needed to resolve them.
+    hparams = population.hparams(config, np.zeros(0, np.float32))
+    members = [
+        state.create_train_state(
+            config, state.init_variables(config, seed + i), jax.random.PRNGKey(seed + i), None
+        )
+        for i in range(population.size(config))
+    ]
+    if not population.is_population(config):
+        return members[0].replace(hparams=hparams)
+    return population.stack(members).replace(hparams=hparams, frozen=np.zeros(len(members), bool))
 
 
 def jax_infer_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Callable, Any]:
-    """The forward pass (BatchNorm in inference mode) pmapped over `devices`, and the model's variables."""
+    """The forward pass (BatchNorm in inference mode) pmapped over `devices`, vmapped over the members of a
+    population (each runs every clip), and the model's variables."""
     import jax
 
-    from convlstm_jax import models, parallel, train
+    from convlstm_jax import models, parallel, population, state
 
     model = models.build_model(config.model)
-    forward = jax.pmap(lambda variables, clips: model.apply(variables, clips, train=False), devices=devices)
+
+    def apply(variables, clips):
+        return model.apply(variables, clips, train=False)
+
+    members = [state.init_variables(config, seed + i) for i in range(population.size(config))]
+    if population.is_population(config):
+        apply = jax.vmap(apply, in_axes=(0, None))
+        variables = population.stack(members)
+    else:
+        variables = members[0]
+    forward = jax.pmap(apply, devices=devices)
 
     def infer_step(variables, batch):
         return variables, forward(variables, batch['clips'])
 
-    return infer_step, parallel.replicate(train.init_variables(config, seed), devices)
+    return infer_step, parallel.replicate(variables, devices)
 
 
 def step_devices(spec: RowSpec) -> list[Any]:

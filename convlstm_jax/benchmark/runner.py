@@ -50,6 +50,7 @@ def plan_rows(
     remat: Sequence[bool],
     pipelines: Sequence[str],
     devices: Sequence[int] = (1,),
+    populations: Sequence[int] = (1,),
     batches: Sequence[int] = (DEFAULT_BATCH,),
     measure: str = 'time',
     **common: Any,
@@ -57,8 +58,9 @@ def plan_rows(
     """Every row of one benchmark: per model, batch and mode, the frameworks in order, then the end-to-end
     rows.
 
-    dtype, remat and devices vary for this project only (remat in training only); the peers run float32.
-    Pipeline rows are training steps, with the first remat setting, for each dtype and device count.
+    dtype, remat, devices and population vary for this project only (remat in training only); the peers run
+    one float32 model. Pipeline rows are training steps, with the first remat setting, for each dtype, device
+    count and population.
     measure='compile': only this project's training steps, compiled for their memory analysis, not run.
     """
     if measure == 'compile':
@@ -71,17 +73,16 @@ def plan_rows(
                 if framework != 'convlstm_jax':
                     rows.append(RowSpec(framework, model, mode, **shared))
                     continue
-                for count, dtype in itertools.product(devices, dtypes):
+                for count, dtype, size in itertools.product(devices, dtypes, populations):
                     for use_remat in remat if mode == 'train' else (False,):
-                        rows.append(
-                            RowSpec(framework, model, mode, dtype, use_remat, devices=count, **shared)
-                        )
+                        members = {'devices': count, 'population': size}
+                        rows.append(RowSpec(framework, model, mode, dtype, use_remat, **members, **shared))
         if 'train' in modes and 'convlstm_jax' in frameworks:
-            for mode_name, count, dtype in itertools.product(input_modes(pipelines), devices, dtypes):
+            planned = itertools.product(input_modes(pipelines), devices, dtypes, populations)
+            for mode_name, count, dtype, size in planned:
+                members = {'devices': count, 'population': size}
                 rows.append(
-                    RowSpec(
-                        'convlstm_jax', model, 'train', dtype, remat[0], mode_name, devices=count, **shared
-                    )
+                    RowSpec('convlstm_jax', model, 'train', dtype, remat[0], mode_name, **members, **shared)
                 )
     return rows
 

@@ -46,19 +46,19 @@ def _mib(size: int) -> str:
 
 
 TABLE_COLUMNS = (
-    'model', 'mode', 'framework', 'dtype', 'remat', 'devices', 'input', 'batch', 'clips/s',
+    'model', 'mode', 'framework', 'dtype', 'remat', 'devices', 'input', 'batch', 'population', 'clips/s',
     'step s median (IQR)', 'compile s', 'GFLOP/s',
     'peak mem Δ MiB', '× tf_keras speed', '× tf_keras mem', 'load',
 )  # fmt: skip
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """One line per row; ratios are against tf_keras on the same model, mode and batch; load: 1-minute
-    average."""
+    """One line per row; clips/s counts every member's clips (population × batch / step time); ratios are
+    against tf_keras on the same model, mode and batch; load: 1-minute average."""
     lines = ['| ' + ' | '.join(TABLE_COLUMNS) + ' |', '|' + '---|' * len(TABLE_COLUMNS)]
     for row in rows:
         cells = [row['model'], row['mode'], row['framework'], row['dtype'], 'on' if row['remat'] else 'off']
-        cells += [str(row.get('devices', 1)), row['input'], str(row['batch'])]
+        cells += [str(row.get('devices', 1)), row['input'], str(row['batch']), str(row.get('population', 1))]
         if 'error' in row:
             cells.append('failed: ' + _one_line(row['error']))
         else:
@@ -78,8 +78,8 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 COMPILED_COLUMNS = (
-    'model', 'dtype', 'remat', 'devices', 'batch', 'peak MiB', 'temporaries MiB', 'arguments MiB',
-    'outputs MiB', 'aliased MiB', 'code MiB',
+    'model', 'dtype', 'remat', 'devices', 'batch', 'population', 'peak MiB', 'temporaries MiB',
+    'arguments MiB', 'outputs MiB', 'aliased MiB', 'code MiB',
 )  # fmt: skip
 
 
@@ -94,6 +94,7 @@ def compiled_memory_table(rows: Sequence[dict[str, Any]]) -> str:
             'on' if row['remat'] else 'off',
             str(row['devices']),
             str(row['batch']),
+            str(row.get('population', 1)),
         ]
         if 'error' in row:
             cells += ['failed: ' + _one_line(row['error'])] + [''] * (len(COMPILED_COLUMNS) - len(cells) - 1)
@@ -130,6 +131,11 @@ def header_lines(rows: Sequence[dict[str, Any]], specs: Sequence[RowSpec]) -> li
     ]
     spec = specs[0]
     batches = ', '.join(str(b) for b in dict.fromkeys(s.batch for s in specs))
+    if any(s.population > 1 for s in specs):
+        lines.append(
+            'population K: K models in one vmapped step (convlstm_jax only); clips/s counts every '
+            "member's clips, K × batch / median step time"
+        )
     for model in dict.fromkeys(s.model for s in specs):
         flops = flops_per_clip(load_config(model).model, spec.shape)
         lines.append(

@@ -2,7 +2,7 @@
 on validation and applied to test, written as report.md, metrics.json and PNG plots.
 
     python -m convlstm_jax.evaluate --reference ../shared/reference/fish2021 --out DIR
-    python -m convlstm_jax.evaluate --checkpoint PATH [--select best_auc] --split test --out DIR
+    python -m convlstm_jax.evaluate --checkpoint PATH [--select best_auc] [--member best] --out DIR
 
 Every predictor is scored on the same frames. Thresholds (max accuracy, max Youden J) are chosen on the
 validation split wherever validation scores exist; the 2021 models shipped only test predictions, so theirs

@@ -67,13 +67,15 @@ def model_evaluation(
     checkpoint: str | os.PathLike,
     *,
     select: str = 'best_auc',
+    member: int | str | None = None,
     split: str = 'test',
     data_config=None,
     batch_size: int = 16,
     bootstrap: BootstrapOptions | None = None,
 ) -> tuple[dict, ScoredFrames, list[Predictor]]:
     """The model's predictions on `split` beside the baselines, thresholds chosen on validation.
-    `data_config` (config.data) defaults to the data the model was trained on (cli.model_config)."""
+    `data_config` (config.data) defaults to the data the model was trained on (cli.model_config); `member`
+    picks one member of a population (checkpoints.load_model: an index, or 'best', the default)."""
     from convlstm_jax import checkpoints, cli, models
     from convlstm_jax.data import dataset, sources
 
@@ -81,7 +83,7 @@ def model_evaluation(
     sources.check_split_name(split)
     if data_config is None:
         data_config = cli.model_config(checkpoint).data
-    spec, variables = checkpoints.load_model(checkpoint, select=select)
+    spec, variables = checkpoints.load_model(checkpoint, select=select, member=member)
     splits = dataset.load_splits(data_config)
     needed = [split] if split == SELECTION_SPLIT else [split, SELECTION_SPLIT]
     missing = [name for name in needed if name not in splits]
@@ -112,6 +114,8 @@ def model_evaluation(
         'source': {
             'checkpoint': str(checkpoint),
             'select': select,
+            'member': spec.get('member'),  # None: a solo model
+            'member_asked': 'best' if member is None else str(member),
             'model': spec['model'],
             'model_source': spec.get('source', {}),
             'data': data_config.to_dict(),

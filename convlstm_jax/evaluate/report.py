@@ -178,7 +178,8 @@ def model_markdown(report: dict) -> str:
     lines = [
         f'# Evaluation of `{source["checkpoint"]}`',
         '',
-        f'Checkpoint selection: {source["select"]}; model: filters {source["model"].get("filters")}; data: '
+        f'Checkpoint selection: {source["select"]}{_member_part(source)}; model: filters '
+        f'{source["model"].get("filters")}; data: '
         f'source {data["source"]!r}, {data["height"]}×{data["width"]}, n = {data["time_steps"]}, '
         f'h = {data["horizon"]}.',
         '',
@@ -192,6 +193,13 @@ def model_markdown(report: dict) -> str:
         *_plot_lines(),
     ]
     return '\n'.join(lines) + '\n'
+
+
+def _member_part(source: dict) -> str:
+    """', population member 1 (--member best)' for a population's member; '' for a solo model."""
+    if source.get('member') is None:
+        return ''
+    return f', population member {source["member"]} (--member {source.get("member_asked", "best")})'
 
 
 def write_outputs(
@@ -234,6 +242,7 @@ def model_report(
     out_dir: str | os.PathLike,
     *,
     select: str = 'best_auc',
+    member: int | str | None = None,
     split: str = 'test',
     data_config=None,
     batch_size: int = 16,
@@ -244,6 +253,7 @@ def model_report(
     report, scored, predictors = model_lib.model_evaluation(
         checkpoint,
         select=select,
+        member=member,
         split=split,
         data_config=data_config,
         batch_size=batch_size,
