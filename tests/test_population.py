@@ -1,8 +1,9 @@
 """A population (config.population): member i equals the solo run with init seed i, member overrides reach
 their member, a diverged member is frozen while the others go on, resume is exact, shapes stay shared.
 
-Runs are `train.train_and_evaluate` at :smoke size on the 'numpy' pipeline (no TensorFlow), in this process
-(one device) and, for the equivalence, in a subprocess with two CPU devices.
+Runs are `train.train_and_evaluate` of the 1-layer model (the quicker to compile) at :smoke size on the
+'numpy' pipeline (no TensorFlow), in this process (one device) and, for the equivalence, in a subprocess with
+two CPU devices.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import two_layer
+from configs import one_layer
 from convlstm_jax import checkpoints, population, train
 from convlstm_jax import config as config_lib
 
@@ -28,7 +29,7 @@ TOLERANCE = 1e-5  # relative at tensor scale: max |a − b| / max |b| per array
 
 
 def smoke_config(**fields):
-    config = two_layer.get_config('smoke')
+    config = one_layer.get_config('smoke')
     config.data.pipeline = 'numpy'
     config.checkpoint_every_minutes = 0.0
     for name, value in fields.items():
@@ -97,6 +98,7 @@ def test_member_i_equals_the_solo_run_with_init_seed_i_on_two_devices(tmp_path):
     _check_member_equals_solo(result)
 
 
+@pytest.mark.slow
 def test_member_overrides_reach_their_member(tmp_path):
     overrides = {
         'learning_rate': (1e-3, 0.0, 3e-3),
@@ -132,6 +134,7 @@ def test_member_overrides_reach_their_member(tmp_path):
     assert [m['init_seed'] for m in summary['members']] == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_a_diverged_member_is_frozen_and_resume_is_exact(tmp_path, caplog):
     """Member 1's penalty is infinite from the first step: it keeps its initial parameters and the others
     train. A run stopped after one epoch and resumed equals the run made in one go, frozen member included."""
@@ -159,6 +162,7 @@ def test_a_diverged_member_is_frozen_and_resume_is_exact(tmp_path, caplog):
         )
 
 
+@pytest.mark.slow
 def test_the_run_stops_when_every_member_has_diverged(tmp_path):
     config = smoke_config(population=2, member_overrides={'l2': (1e38, 1e38)})
     with pytest.raises(FloatingPointError, match='every member has diverged'):
@@ -177,7 +181,7 @@ def test_the_run_stops_when_every_member_has_diverged(tmp_path):
     ],
 )
 def test_member_overrides_that_cannot_be_are_refused(overrides, message):
-    config = two_layer.get_config('smoke')
+    config = one_layer.get_config('smoke')
     config.population = 2
     config.member_overrides = overrides
     with pytest.raises(config_lib.ConfigError, match=message):
@@ -191,7 +195,7 @@ def test_a_shape_changing_override_is_refused_in_one_line_and_writes_nothing(tmp
         '-m',
         'convlstm_jax.main',
         '--config',
-        'configs/two_layer.py:smoke',
+        'configs/one_layer.py:smoke',
         '--workdir',
         str(workdir),
         '--config.population=2',

@@ -56,21 +56,12 @@ def jax_train_step(
 def initial_state(config: Any, seed: int) -> Any:
     """The step-0 training state of the config's members, member i initialised from seed + i (a population:
     stacked on a leading member axis, with its per-member hyper-parameters, none frozen)."""
-    import jax
+    from convlstm_jax import population, train
 
-    from convlstm_jax import population, state
-
+    config = config.copy_and_resolve_references()
+    config.init_seed = seed
     # The row's class weights are a pair (row_config), so no training labels are needed to resolve them.
-    hparams = population.hparams(config, np.zeros(0, np.float32))
-    members = [
-        state.create_train_state(
-            config, state.init_variables(config, seed + i), jax.random.PRNGKey(seed + i), None
-        )
-        for i in range(population.size(config))
-    ]
-    if not population.is_population(config):
-        return members[0].replace(hparams=hparams)
-    return population.stack(members).replace(hparams=hparams, frozen=np.zeros(len(members), bool))
+    return train.fresh_state(config, population.hparams(config, np.zeros(0, np.float32)))
 
 
 def jax_infer_step(config: Any, seed: int, devices: Sequence[Any]) -> tuple[Callable, Any]:
