@@ -371,11 +371,8 @@ class Loop:
         }
         members = []
         for member in range(self.members):
-            scored = [
-                {'step': e['step'], **e['members'][member]}
-                for e in self.evaluations
-                if 'auc' in e['members'][member]
-            ]
+            scored = [{'step': e['step'], **e['members'][member]} for e in self.evaluations]
+            scored = [e for e in scored if 'auc' in e]
             found: dict[str, Any] = {}
             if scored:
                 best_auc = max(scored, key=lambda e: e['auc'])

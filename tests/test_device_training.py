@@ -60,7 +60,7 @@ def test_frames_that_do_not_fit_are_refused_before_the_workdir_is_written(tmp_pa
 def test_the_model_is_reserved_beside_the_frames():
     config = one_layer.get_config('smoke')
     variables = train.init_variables(config, 0)
-    state = train.create_train_state(config, variables, np.asarray(jax.random.PRNGKey(0)))
+    state = train.create_train_state(config, variables, np.asarray(jax.random.PRNGKey(0)), None)
     params = sum(np.asarray(x).nbytes for x in jax.tree.leaves(state.params))
     # params, Adam's two moments, one gradient and the BatchNorm statistics
     assert 4 * params < train.model_bytes(state) < 4 * params + 1024
