@@ -55,11 +55,6 @@ def member_values(config, member: int) -> dict[str, Any]:
     return values
 
 
-def traced_dropout(config) -> list[str]:
-    """The model's dropout fields that members set for themselves (traced rates in the model)."""
-    return [DROPOUT_FIELDS[field] for field in DROPOUT_FIELDS if field in config.member_overrides]
-
-
 def hparams(config, train_labels: np.ndarray) -> dict[str, np.ndarray]:
     """The per-member values as arrays: (K,) (class weights (K, 2)) for a population, scalars for a solo
     run. 'auto' class weights are resolved from the training labels (losses.resolve_class_weights)."""
@@ -92,6 +87,6 @@ def take(tree: PyTree, member: int) -> PyTree:
 
 
 def describe(config, member: int) -> dict[str, Any]:
-    """What sets member `member` apart: its init seed and its overrides (summary.json, metrics rows)."""
+    """What sets member `member` apart: its init seed and its overrides (summary.json)."""
     overrides = {field: config.member_overrides[field][member] for field in config.member_overrides}
     return {'member': member, 'init_seed': init_seeds(config)[member], **overrides}
