@@ -206,3 +206,27 @@ def test_a_shape_changing_override_is_refused_in_one_line_and_writes_nothing(tmp
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "cannot set 'model.kernel_size'" in lines[0], run.stderr
     assert not workdir.exists()
+
+
+@pytest.mark.parametrize('x_batched, kernel_batched', [(True, False), (False, True), (True, True)])
+@pytest.mark.parametrize('padding', ['same', 'valid'])
+def test_the_members_convolutions_equal_one_member_at_a_time(x_batched, kernel_batched, padding):
+    """conv.py's batching rule (shared input: kernels side by side; shared kernel: members folded into the
+    batch; both per member: member by member) against each member's own convolution."""
+    from convlstm_jax import conv
+
+    members = 3
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(members, 2, 6, 7, 3)).astype(np.float32)
+    kernel = rng.normal(size=(members, 3, 3, 3, 8)).astype(np.float32)
+    xs, kernels = (x if x_batched else x[0]), (kernel if kernel_batched else kernel[0])
+
+    def convolve(inputs, weights):
+        return conv._xla_conv(inputs, weights, padding)  # noqa: SLF001
+
+    in_axes = (0 if x_batched else None, 0 if kernel_batched else None)
+    found = jax.jit(jax.vmap(convolve, in_axes=in_axes, axis_size=members))(xs, kernels)
+    expected = [
+        convolve(x[i if x_batched else 0], kernel[i if kernel_batched else 0]) for i in range(members)
+    ]
+    np.testing.assert_allclose(found, np.stack(expected), rtol=1e-5, atol=1e-5)
