@@ -76,7 +76,8 @@ def test_evaluation_scores_a_device_checkpoint_through_numpy():
     model = models.build_model(config.model)
     n, c = config.data.time_steps, config.data.frames_per_step
     shape = (1, n, config.data.height, config.data.width, c)
-    variables = model.init(jax.random.PRNGKey(0), np.zeros(shape, np.uint8), train=False)
+    init = jax.jit(lambda key, x: model.init(key, x, train=False))  # one compile, not op by op
+    variables = init(jax.random.PRNGKey(0), np.zeros(shape, np.uint8))
     split = pipeline.synthetic_split(40, config.data.height, config.data.width, clip_length=n * c)
     probs = {}
     for name in ('numpy', 'device'):
