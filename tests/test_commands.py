@@ -98,7 +98,8 @@ def trained_workdir(tmp_path_factory) -> pathlib.Path:
     data = config.data
     model = models.build_model(config.model)
     shape = (1, data.time_steps, data.height, data.width, data.frames_per_step)
-    variables = jax.tree.map(np.asarray, dict(model.init(jax.random.PRNGKey(0), np.zeros(shape, np.uint8))))
+    init = jax.jit(model.init)  # one compile, not op by op
+    variables = jax.tree.map(np.asarray, dict(init(jax.random.PRNGKey(0), np.zeros(shape, np.uint8))))
     path = tmp_path_factory.mktemp('commands') / 'run'
     manager = ocp.CheckpointManager(path / 'checkpoints', item_names=('variables',))
     manager.save(2, args=ocp.args.Composite(variables=ocp.args.StandardSave(variables)))

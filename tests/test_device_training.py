@@ -23,8 +23,8 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp('data')
+def data_dir(smoke_data_dir):
+    return smoke_data_dir
 
 
 def _config(data_dir, pipeline_name: str, **overrides):
@@ -76,7 +76,8 @@ def test_evaluation_scores_a_device_checkpoint_through_numpy():
     model = models.build_model(config.model)
     n, c = config.data.time_steps, config.data.frames_per_step
     shape = (1, n, config.data.height, config.data.width, c)
-    variables = model.init(jax.random.PRNGKey(0), np.zeros(shape, np.uint8), train=False)
+    init = jax.jit(lambda key, x: model.init(key, x, train=False))  # one compile, not op by op
+    variables = init(jax.random.PRNGKey(0), np.zeros(shape, np.uint8))
     split = pipeline.synthetic_split(40, config.data.height, config.data.width, clip_length=n * c)
     probs = {}
     for name in ('numpy', 'device'):
@@ -153,21 +154,13 @@ def test_sigterm_mid_epoch_then_resume_gives_the_uninterrupted_parameters(tmp_pa
 
 
 @pytest.mark.slow
-def test_two_processes_each_with_their_own_frames_match_one_process_with_numpy(tmp_path, data_dir):
+def test_two_processes_each_with_their_own_frames_match_one_process_with_numpy(
+    tmp_path, data_dir, two_device_reference
+):
     """2 processes × 1 CPU device with 'device' against 1 process × 2 devices with 'numpy', the same global
     batch: each process places its own copy of the frames and takes its slice of every batch."""
-    from test_launch import (
-        LAUNCH_DIR,
-        SMOKE,
-        assert_same_losses,
-        metrics_by_step,
-        train_one_process,
-        training_env,
-    )
+    from test_launch import LAUNCH_DIR, SMOKE, assert_same_losses, metrics_by_step, training_env
 
-    reference = tmp_path / 'reference'
-    result = train_one_process(reference, data_dir, '--config.data.pipeline=numpy', devices=2)
-    assert result.returncode == 0, result.stderr[-3000:]
     two = tmp_path / 'two'
     result = subprocess.run(
         ['bash', str(LAUNCH_DIR / 'local_multiprocess.sh'), '2', *SMOKE, '--workdir', str(two)]
@@ -182,4 +175,4 @@ def test_two_processes_each_with_their_own_frames_match_one_process_with_numpy(t
     got = metrics_by_step(two)
     steps = [('train', 1), ('train', 2), ('train', 3), ('validation', 3)]
     assert sorted(got) == sorted(steps)
-    assert_same_losses(got, metrics_by_step(reference), steps, rtol=1e-6)
+    assert_same_losses(got, two_device_reference, steps, rtol=1e-6)

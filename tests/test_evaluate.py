@@ -189,7 +189,8 @@ def saved_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     config = _smoke_config()
     model = models.build_model(config.model)
     shape = (1, config.data.time_steps, config.data.height, config.data.width, config.data.frames_per_step)
-    variables = model.init(jax.random.PRNGKey(0), np.zeros(shape, np.uint8), train=False)
+    init = jax.jit(lambda key, x: model.init(key, x, train=False))  # one compile, not op by op
+    variables = init(jax.random.PRNGKey(0), np.zeros(shape, np.uint8))
     spec = {
         'model': checkpoints.model_fields(config.model),
         'input': checkpoints.input_contract(config.data),

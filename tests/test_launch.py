@@ -305,13 +305,21 @@ RUN_TIMEOUT = 600
 
 
 @pytest.fixture(scope='module')
-def data_dir(tmp_path_factory):
-    """One prepared dataset for every run here, built by the first (single-process) run."""
-    return tmp_path_factory.mktemp('data')
+def data_dir(smoke_data_dir):
+    """One prepared dataset for every run here (and in test_device_training), built by the first run."""
+    return smoke_data_dir
+
+
+# The session's compilation cache (tests/conftest.py) is the one JAX_ variable the runs keep.
+_KEPT = ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
 
 
 def training_env(devices: int = 1) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(('CONVLSTM_', 'SLURM_', 'OMPI_', 'JAX_'))}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k in _KEPT or not k.startswith(('CONVLSTM_', 'SLURM_', 'OMPI_', 'JAX_'))
+    }
     env.update(JAX_PLATFORMS='cpu', PYTHONPATH=str(REPO_ROOT), XLA_FLAGS='', PYTHON=sys.executable)
     env['CONVLSTM_CPU_DEVICES'] = str(devices)  # main's --cpu_devices; said even for 1: no automatic split
     return env
@@ -348,12 +356,9 @@ def assert_same_losses(got: dict, want: dict, keys, rtol: float) -> None:
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_and_resume_in_one(tmp_path, data_dir):
-    # Reference: 1 process x 2 devices, 2 epochs of 3 steps.
-    reference = tmp_path / 'reference'
-    result = train_one_process(reference, data_dir, '--config.num_epochs=2', devices=2)
-    assert result.returncode == 0, result.stderr[-3000:]
-    want = metrics_by_step(reference)
+def test_two_processes_match_one_process_and_resume_in_one(tmp_path, data_dir, two_device_reference):
+    # Reference: 1 process x 2 devices, 2 epochs of 3 steps (tests/conftest.py).
+    want = two_device_reference
 
     # 2 processes x 1 device, the same global batch, the first epoch.
     two = tmp_path / 'two'

@@ -15,6 +15,9 @@ import pytest
 from convlstm_jax import checkpoints
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Runs whose assertions do not depend on the input pipeline skip TensorFlow's start (seconds per process):
+# the backends give identical batches (tests/test_pipeline.py), and a resume may switch between them.
+NUMPY = '--config.data.pipeline=numpy'
 
 
 @pytest.fixture(scope='module')
@@ -77,6 +80,7 @@ def test_smoke_run_end_to_end(tmp_path, data_dir):
         '--workdir',
         str(workdir),
         f'--config.data.data_dir={data_dir}',
+        NUMPY,
     )
     assert result.returncode == 1
     assert 'holds a checkpoint of another architecture: filters=[16]' in result.stderr
@@ -93,6 +97,7 @@ def test_smoke_run_end_to_end(tmp_path, data_dir):
         f'--config.data.data_dir={data_dir}',
         '--config.num_epochs=2',
         '--config.l2=1e38',
+        NUMPY,
     )
     assert result.returncode == 1
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
@@ -110,6 +115,7 @@ def test_smoke_run_end_to_end(tmp_path, data_dir):
         f'--config.data.data_dir={data_dir}',
         f'--config.init_from={workdir}',
         '--config.l2=1e38',
+        NUMPY,
     )
     assert result.returncode == 1
     assert 'the training loss is inf at step 1: training diverged; no checkpoint was saved' in result.stderr
@@ -123,6 +129,7 @@ def test_smoke_run_end_to_end(tmp_path, data_dir):
         str(tmp_path / 'fine_tune'),
         f'--config.data.data_dir={data_dir}',
         f'--config.init_from={workdir}',
+        NUMPY,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert f'initialized from {workdir}' in result.stdout
@@ -240,6 +247,7 @@ def test_batch_size_not_divisible_by_the_devices(tmp_path):
         '--workdir',
         str(tmp_path / 'run'),
         '--cpu_devices=2',  # the CPU split into two devices
+        NUMPY,
     )
     assert result.returncode == 1
     assert (

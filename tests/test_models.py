@@ -31,7 +31,7 @@ def _clips(seed=0, shape=SHAPE):
 
 def _variables(model, seed=0):
     """Initialized variables with random moving statistics, so that inference really uses them."""
-    variables = model.init(jax.random.key(seed), jnp.asarray(_clips()))
+    variables = jax.jit(model.init)(jax.random.key(seed), jnp.asarray(_clips()))  # one compile, not op by op
     rng = np.random.default_rng(seed + 7)
     stats = jax.tree.map(lambda v: v, variables['batch_stats'])
     for name in stats:
@@ -46,7 +46,10 @@ def _variables(model, seed=0):
 @pytest.mark.parametrize('name, trainable', [('one_layer', 11_537), ('two_layer', 66_849)])
 def test_parameter_counts_and_tree(name, trainable):
     config = _model_config(name)
-    variables = models.build_model(config).init(jax.random.key(0), jnp.zeros(SHAPE, jnp.uint8))
+    # Shapes are all this needs: no initializer runs.
+    variables = jax.eval_shape(
+        models.build_model(config).init, jax.random.key(0), jnp.zeros(SHAPE, jnp.uint8)
+    )
     assert models.count_params(variables['params']) == trainable
     layers = len(config.filters)
     assert set(variables['params']) == {f'convlstm_{i}' for i in range(layers)} | {'dense'}
@@ -153,7 +156,7 @@ def test_batchnorm_statistics_are_global_over_the_device_axis():
 
 def test_bad_input_and_config_are_refused():
     model = models.build_model(_model_config('one_layer'))
-    variables = model.init(jax.random.key(0), jnp.zeros(SHAPE))
+    variables = jax.jit(model.init)(jax.random.key(0), jnp.zeros(SHAPE))
     with pytest.raises(ValueError, match='rank 5'):
         model.apply(variables, jnp.zeros(SHAPE[1:]))
     with pytest.raises(ValueError, match='4 input channels'):

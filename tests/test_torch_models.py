@@ -17,7 +17,7 @@ SHAPE = (2, 3, 10, 12, 4)  # (B, T, H, W, C): the 2-layer model's second ConvLST
 
 def _variables(model, clips, seed=0):
     """Initialized variables with random moving statistics, so that inference really uses them."""
-    variables = model.init(jax.random.key(seed), clips)
+    variables = jax.jit(model.init)(jax.random.key(seed), clips)  # one compile, not op by op
     rng = np.random.default_rng(seed + 7)
     stats = {
         name: {
