@@ -36,6 +36,7 @@ def _config(data_dir, pipeline_name: str, **overrides):
     return config
 
 
+@pytest.mark.slow  # tests/test_device.py checks the device pipeline's batches against numpy's, fast
 def test_smoke_run_gives_the_numpy_pipelines_validation_loss(tmp_path, data_dir):
     results = {
         name: train.train_and_evaluate(_config(data_dir, name), tmp_path / name)['last_validation']
