@@ -68,6 +68,7 @@ def test_other_frameworks_asked_for_a_population_are_told_they_run_one_model(mon
     assert {row.population for row in planned if row.framework == 'convlstm_jax'} == {1, 3}
 
 
+@pytest.mark.slow  # tests/test_population.py proves member i = solo init seed i in the fast lane
 def test_member_i_of_a_row_starts_as_the_solo_row_with_seed_plus_i():
     spec = benchmark.RowSpec(
         'convlstm_jax', 'one_layer', 'train', shape=(4, 16, 20, 4), batch=2, population=3
