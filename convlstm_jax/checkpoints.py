@@ -121,11 +121,12 @@ def load_model(
     if select not in SELECTIONS:
         raise ValueError(f'unknown select {select!r}: expected one of {", ".join(SELECTIONS)}')
     path = pathlib.Path(path)
-    spec_path, _, _ = _resolve(path, 'latest')
+    spec_path, variables_path, where = _resolve(path, select)
     spec = read_spec(spec_path)
     size = int(spec.get('population', 1))
-    chosen = resolve_member(path, select, member, size)
-    spec_path, variables_path, where = _resolve(path, select, chosen)
+    chosen = resolve_member(path, select, member, size, variables_path.parent)
+    if chosen is not None and member not in (None, 'best'):  # an index: that member's own best step
+        spec_path, variables_path, where = _resolve(path, select, chosen)
     variables = _restore_numpy(variables_path, where)
     if size > 1:
         variables = jax.tree.map(lambda x: x[chosen], variables)
@@ -133,8 +134,11 @@ def load_model(
     return spec, variables
 
 
-def resolve_member(path: pathlib.Path, select: str, member: int | str | None, size: int) -> int | None:
-    """The member index `member` names in a workdir of a population of `size` (None for a solo model)."""
+def resolve_member(
+    path: pathlib.Path, select: str, member: int | str | None, size: int, step_dir: pathlib.Path
+) -> int | None:
+    """The member index `member` names in a workdir of a population of `size` (None for a solo model);
+    'best' is the best member at `step_dir`, the step `select` chose by the best over members."""
     if size == 1:
         if member not in (None, 'best', 0, '0'):
             raise ValueError(f'--member {member}: {path} holds one model, not a population')
@@ -144,7 +148,6 @@ def resolve_member(path: pathlib.Path, select: str, member: int | str | None, si
             raise ValueError(
                 f'{path} holds a population of {size}: --select latest needs --member 0..{size - 1}'
             )
-        step_dir = _resolve(path, select)[1].parent
         return _best_member(step_dir, select, size)
     try:
         index = int(member)

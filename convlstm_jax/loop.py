@@ -336,12 +336,14 @@ class Loop:
         self._rows(step, 'train', records)
 
     def _evaluate_and_save(self, state, step: int, train_metrics: TrainMetrics) -> None:
+        train_metrics.read()  # every step's losses known: which members are frozen at this one
+        self._report_frozen(train_metrics)
         start = time.perf_counter()
         results = validate(self.p_eval_step, state, self.validation, self.config)
         seconds = time.perf_counter() - start
         for member, result in enumerate(results):
             result.update(member=member, eval_seconds=seconds)
-            if member in self.frozen_at:
+            if train_metrics.frozen[member]:  # frozen in this run or before a resume
                 result['frozen'] = True
         self.evaluations.append({'step': step, 'members': results})
         self._rows(step, 'validation', results)

@@ -111,11 +111,7 @@ def format_summary(summary: dict) -> str:
         lines += _members_table(summary)
     elif summary.get('best_auc'):
         last = summary['last_validation']
-        baselines = ', '.join(
-            f'{key.split("/", 1)[1]} {value:.4f}'
-            for key, value in last.items()
-            if key.startswith('baseline_auc/')
-        )
+        baselines = _baselines(last)
         lines.append(
             f'best validation AUC {summary["best_auc"]["auc"]:.4f} at step {summary["best_auc"]["step"]}; '
             f'best validation loss {summary["best_loss"]["loss"]:.4f} at step {summary["best_loss"]["step"]}'
@@ -129,6 +125,15 @@ def format_summary(summary: dict) -> str:
             'run the same command again to resume'
         )
     return '\n'.join(lines)
+
+
+def _baselines(validation: dict) -> str:
+    """'-y_tilde[t-1] 0.6087, all-negative 0.5000': the ỹ baselines' AUC of a validation record."""
+    return ', '.join(
+        f'{key.split("/", 1)[1]} {value:.4f}'
+        for key, value in validation.items()
+        if key.startswith('baseline_auc/')
+    )
 
 
 def _members_table(summary: dict) -> list[str]:
@@ -147,11 +152,7 @@ def _members_table(summary: dict) -> list[str]:
     if summary.get('best_auc'):
         best = summary['best_auc']
         last = members[best['member']].get('last_validation', {})
-        baselines = ', '.join(
-            f'{key.split("/", 1)[1]} {value:.4f}'
-            for key, value in last.items()
-            if key.startswith('baseline_auc/')
-        )
+        baselines = _baselines(last)
         lines.append(
             f'best: member {best["member"]}, validation AUC {best["auc"]:.4f} at step {best["step"]} (what '
             'evaluate, predict and visualize take by default; --member i for another)'
