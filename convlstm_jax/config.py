@@ -141,15 +141,23 @@ def apply_variant(c: ml_collections.ConfigDict, arg: str | None) -> ml_collectio
     if not arg:
         return c
     if arg == 'quick':
-        # Frames at 0.3× the 2021 size and 20 time steps (80 frames of history: enough to see two fish stay
-        # together before a chase), a shorter recording, a fixed step budget and a 12.5× higher learning rate.
+        # Frames at 0.3× the 2021 size; 10 time steps of 8 frames: 80 frames of history (enough to see two
+        # fish stay together before a chase) at half the recurrent steps of 20 × 4, so 2.3× the clips/s.
+        # Measured over seeds (docs/reproduction.md): biases, a 12.5× higher peak learning rate with a warm-up
+        # and a cosine decay, global-norm clipping, 1,500 steps of batch 8 on a 60,000-frame recording. The
+        # small validation split is for selection; score on a fresh tank.
         c.data.height, c.data.width = 36, 48
-        c.data.time_steps = 20
-        c.data.synthetic.split_frames = (12000, 2000, 2000)
+        c.data.time_steps = 10
+        c.data.frames_per_step = 8
+        c.data.synthetic.split_frames = (60000, 2000, 2000)
+        c.model.use_bias = True
         c.batch_size = 8
-        c.num_epochs = 3
-        c.steps_per_epoch = 200
+        c.num_epochs = 5
+        c.steps_per_epoch = 300
         c.learning_rate = 1e-3
+        c.lr_schedule = 'cosine'
+        c.warmup_steps = 50
+        c.clip_global_norm = 1.0
         c.class_weights = 'auto'
         c.eval_every_steps = 0
     elif arg == 'smoke':

@@ -13,17 +13,31 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / 'shared' / 'reference' / 'fish2021'
 
 
+# Most tests are single-threaded XLA compilations, so one pytest-xdist worker per core (`-n auto`) nearly
+# divides the suite's time by the cores. Each worker holds JAX and TensorFlow (~2 GB) and runs XLA on every
+# core, so more than this many workers only adds memory.
+MAX_TEST_WORKERS = 4
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    return max(1, min(os.cpu_count() or 1, MAX_TEST_WORKERS))
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One persistent XLA compilation cache for the session, shared through the environment with every
-    subprocess the tests start: the many `:smoke` runs, workers and in-process tests compile the same
-    programs again and again, and a cache hit gives the same executable (so the same numbers) in a fraction
-    of the time. A fresh folder per session, removed at the end; a cache the caller set up is left alone."""
+    subprocess the tests start (and every xdist worker, started after this runs in the controller): the many
+    `:smoke` runs, workers and in-process tests compile the same programs again and again, and a cache hit
+    gives the same executable (so the same numbers) in a fraction of the time. A fresh folder per session,
+    removed at the end; a cache the caller set up is left alone."""
     if 'JAX_COMPILATION_CACHE_DIR' in os.environ:
         return
     cache = tempfile.mkdtemp(prefix='convlstm_jax_tests_xla_cache_')
     config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
     os.environ['JAX_COMPILATION_CACHE_DIR'] = cache
     os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # the default (1 s) skips most of them
+    # A size limit turns on JAX's file lock around reads and writes: without it, a process can read an entry
+    # that another (an xdist worker, a second training process) is still writing.
+    os.environ['JAX_COMPILATION_CACHE_MAX_SIZE'] = str(8 * 2**30)
 
 
 @pytest.fixture(scope='session')
