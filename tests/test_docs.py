@@ -44,6 +44,12 @@ EXERCISED: dict[str, str] = {
         'tests/test_tank_video.py::test_the_documented_command_writes_the_2021_frame_size'
     ),
     'convlstm_jax.evaluate --checkpoint --out --split': 'tests/test_evaluate.py::test_model_mode_report',
+    'convlstm_jax.evaluate --checkpoint --member --num_resamples --out --split': (
+        'tests/test_member_commands.py::test_evaluate_reports_the_member'
+    ),
+    'convlstm_jax.evaluate --checkpoint --config.* --member --num_resamples --out --split': (
+        'tests/test_member_commands.py::test_evaluate_reports_the_member'
+    ),
     'convlstm_jax.predict --checkpoint --out --plot --video': (
         'tests/test_predict.py::test_video_cli_matches_the_same_clips_as_an_array'
     ),

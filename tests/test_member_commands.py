@@ -138,7 +138,7 @@ def test_evaluate_reports_the_member(population_workdir, tmp_path, capsys):
     for member in ('best', str(best), str(1 - best)):
         out = tmp_path / member
         arguments = ['--checkpoint', str(population_workdir), '--member', member, '--out', str(out)]
-        assert evaluate_cli.main([*arguments, '--num_resamples', '20']) == 0
+        assert evaluate_cli.main([*arguments, '--split', 'validation', '--num_resamples', '20']) == 0
         reports[member] = json.loads((out / 'metrics.json').read_text())
         assert reports[member]['source']['member_asked'] == member
         named = f'population member {reports[member]["source"]["member"]} (--member {member})'
@@ -147,6 +147,13 @@ def test_evaluate_reports_the_member(population_workdir, tmp_path, capsys):
     assert reports[str(1 - best)]['source']['member'] == 1 - best
     assert reports['best']['predictors'] == reports[str(best)]['predictors']
     assert f'(member {best})' in capsys.readouterr().out
+    # docs/reproduction.md scores each member on the test split of a tank with another seed.
+    fresh = tmp_path / 'fresh'
+    arguments = ['--checkpoint', str(population_workdir), '--member', '1', '--split', 'test', '--out', str(fresh)]
+    assert evaluate_cli.main([*arguments, '--config.data.synthetic.seed=1000', '--num_resamples', '20']) == 0
+    report = json.loads((fresh / 'metrics.json').read_text())
+    assert report['source']['data']['synthetic']['seed'] == 1000
+    assert (report['source']['member'], report['frames']['split']) == (1, 'test')
 
 
 @pytest.mark.slow
