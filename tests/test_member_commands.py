@@ -149,8 +149,8 @@ def test_evaluate_reports_the_member(population_workdir, tmp_path, capsys):
     assert f'(member {best})' in capsys.readouterr().out
     # docs/reproduction.md scores each member on the test split of a tank with another seed.
     fresh = tmp_path / 'fresh'
-    arguments = ['--checkpoint', str(population_workdir), '--member', '1', '--split', 'test', '--out', str(fresh)]
-    assert evaluate_cli.main([*arguments, '--config.data.synthetic.seed=1000', '--num_resamples', '20']) == 0
+    arguments = ['--checkpoint', str(population_workdir), '--member=1', '--out', str(fresh), '--split=test']
+    assert evaluate_cli.main([*arguments, '--config.data.synthetic.seed=1000', '--num_resamples=20']) == 0
     report = json.loads((fresh / 'metrics.json').read_text())
     assert report['source']['data']['synthetic']['seed'] == 1000
     assert (report['source']['member'], report['frames']['split']) == (1, 'test')
