@@ -256,8 +256,7 @@ class Loop:
                 state, step_metrics = self.p_train_step(state, batch)
                 step += 1
                 train_metrics.add(step, step_metrics)
-                train_metrics.read(keep_last=1)  # the previous step: done by now, or nearly
-                self._report_frozen(train_metrics)
+                self._read_metrics(train_metrics, keep_last=1)  # the previous step: done by now, or nearly
                 now = time.perf_counter()
                 if step > self.first_step + 1:  # the first step of a run includes compilation
                     self.train_seconds += now - tick
@@ -304,8 +303,10 @@ class Loop:
             f'{error}: training diverged; {kept}. Try a lower learning_rate or check the data.'
         )
 
-    def _report_frozen(self, train_metrics: TrainMetrics) -> None:
-        """One warning per member whose loss turned NaN or Inf: it is frozen at its last good step."""
+    def _read_metrics(self, train_metrics: TrainMetrics, keep_last: int = 0) -> None:
+        """Fetches the finished steps' metrics (all but the last `keep_last`), with one warning per member
+        whose loss turned NaN or Inf in them: it is frozen at its last good step."""
+        train_metrics.read(keep_last)
         for member, step, loss in train_metrics.newly_frozen:
             self.frozen_at[member] = step
             going_on = int((~train_metrics.frozen).sum())
@@ -328,16 +329,15 @@ class Loop:
             self.writer.write({'step': step, 'split': split, **record})
 
     def _log_train(self, step: int, train_metrics: TrainMetrics) -> None:
+        self._read_metrics(train_metrics)
         records = train_metrics.summary()
-        self._report_frozen(train_metrics)
         for record in records:
             if self.train_seconds:
                 record['clips_per_s'] = self._clips_per_s()
         self._rows(step, 'train', records)
 
     def _evaluate_and_save(self, state, step: int, train_metrics: TrainMetrics) -> None:
-        train_metrics.read()  # every step's losses known: which members are frozen at this one
-        self._report_frozen(train_metrics)
+        self._read_metrics(train_metrics)  # every step's losses known: which members are frozen at this one
         start = time.perf_counter()
         results = validate(self.p_eval_step, state, self.validation, self.config)
         seconds = time.perf_counter() - start
@@ -353,8 +353,7 @@ class Loop:
 
     def _save(self, state, step: int, results: list[dict] | None, train_metrics: TrainMetrics) -> None:
         """Saves a checkpoint once the losses up to `step` are known to be finite."""
-        train_metrics.read()
-        self._report_frozen(train_metrics)
+        self._read_metrics(train_metrics)
         host_state = unreplicate(state)
         check_finite(host_state.variables, f'the model at step {step}')
         self.manager.save(step, *state_items(host_state), checkpoints.ranking(results or []))
