@@ -33,11 +33,11 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     cache = tempfile.mkdtemp(prefix='convlstm_jax_tests_xla_cache_')
     config.add_cleanup(lambda: shutil.rmtree(cache, ignore_errors=True))
-    os.environ['JAX_COMPILATION_CACHE_DIR'] = cache
-    os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # the default (1 s) skips most of them
     # Workers and subprocesses write entries concurrently. An entry read while another process still writes
     # it fails to decompress, and JAX then compiles anew. (A size limit would add JAX's file lock, but under
     # xdist its eviction failed on missing atime files, hundreds of times a run.)
+    os.environ['JAX_COMPILATION_CACHE_DIR'] = cache
+    os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'  # the default (1 s) skips most of them
 
 
 @pytest.fixture(scope='session')
